@@ -1,0 +1,55 @@
+# Two commands for a newcomer: `make run` (the daemon on demo photos) and `make test`.
+# Both set up .venv and fetch the model first; nothing is installed outside this directory.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Fetched models and demo photos live in the checkout, not in the user's home.
+export EDGEPOSE_MODEL_DIR ?= $(CURDIR)/.cache/models
+# A local mirror of the upstream files, used when present (CI and offline machines); else download.
+SHARED_DIR ?= $(abspath $(CURDIR)/../shared)
+ifneq ($(wildcard $(SHARED_DIR)/models),)
+export EDGEPOSE_MODEL_MIRROR ?= $(SHARED_DIR)/models:$(SHARED_DIR)/testdata/pose
+endif
+
+MQTT_PORT ?= 1883
+MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
+
+.PHONY: run test venv models lint typecheck pytest bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/edgepose models fetch $(MODELS)
+
+run: models
+	MQTT_PORT=$(MQTT_PORT) EDGEPOSE=$(BIN)/edgepose scripts/run_demo.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgepose tests bench
+	$(BIN)/ruff format --check edgepose tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy edgepose
+
+pytest: models
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: models
+	$(BIN)/edgepose bench --json bench/results/latest.json
+
+bench-smoke: models
+	$(BIN)/python -m pytest -q -m slow tests/test_bench.py
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,91 @@
+"""MoveNet single-pose: preprocess a frame region into the model input, invoke, decode to a Pose.
+
+Input size and dtype come from the model itself, so Lightning (192) and Thunder (256), int8 and
+fp16, go through this one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepose.errors import ModelError
+from edgepose.geometry import box_to_frame, crop_and_resize_into, letterbox_box
+from edgepose.inference.runtime import InferenceBackend
+from edgepose.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, CropBox, Keypoint, Pose
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    preprocess_ms: float
+    invoke_ms: float
+    decode_ms: float
+
+
+@dataclass(frozen=True)
+class RawEstimate:
+    """Keypoints as a (17, 3) array [y, x, score], frame-normalized, with the box the model saw."""
+
+    keypoints: np.ndarray
+    box: CropBox
+    timings: StageTimings
+
+
+def keypoints_to_pose(keypoints: np.ndarray) -> Pose:
+    """(17, 3) [y, x, score] frame-normalized -> Pose; the pose score is the mean keypoint score."""
+    points = tuple(
+        Keypoint(name=name, x=float(keypoints[i, 1]), y=float(keypoints[i, 0]), score=float(keypoints[i, 2]))
+        for i, name in enumerate(KEYPOINT_NAMES)
+    )
+    return Pose(keypoints=points, score=float(np.mean(keypoints[:, 2])))
+
+
+def decode_singlepose(output: np.ndarray, box: CropBox) -> np.ndarray:
+    """MoveNet output [1, 1, 17, 3] (y, x, score in the model input) -> frame-normalized (17, 3)."""
+    raw = np.asarray(output, dtype=np.float64).reshape(-1, 3)
+    if raw.shape[0] != NUM_KEYPOINTS:
+        raise ModelError(f"unexpected MoveNet output shape {output.shape}: expected [1, 1, 17, 3]")
+    mapped = np.empty_like(raw)
+    mapped[:, :2] = box_to_frame(raw[:, :2], box)
+    mapped[:, 2] = raw[:, 2]
+    return mapped
+
+
+class SinglePoseEstimator:
+    """Owns the reusable model-input buffer; one instance per backend, used from one thread."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        spec = backend.input_spec
+        if len(spec.shape) != 4 or spec.shape[3] != 3 or spec.shape[1] != spec.shape[2]:
+            raise ModelError(f"not a MoveNet single-pose model: input shape {spec.shape}, expected [1, N, N, 3]")
+        outputs = backend.output_specs
+        if len(outputs) != 1 or int(np.prod(outputs[0].shape)) != NUM_KEYPOINTS * 3:
+            shapes = [o.shape for o in outputs]
+            raise ModelError(f"not a MoveNet single-pose model: outputs {shapes}, expected one [1, 1, 17, 3]")
+        self.backend = backend
+        self.input_size_px = spec.shape[1]
+        self._input = np.zeros(spec.shape, dtype=spec.dtype)
+        # Float MoveNet variants take 0..255 floats too, so a uint8 staging image serves every dtype.
+        self._staging = self._input[0] if spec.dtype == np.uint8 else np.zeros(spec.shape[1:], np.uint8)
+
+    def estimate(self, frame: np.ndarray, box: CropBox | None = None) -> RawEstimate:
+        """Run the model on `box` of an RGB uint8 frame (default: the letterboxed whole frame)."""
+        start = time.perf_counter()
+        if box is None:
+            box = letterbox_box(frame.shape[0], frame.shape[1])
+        box = crop_and_resize_into(frame, box, self._staging)
+        if self._staging is not self._input[0]:
+            self._input[0] = self._staging
+        prepared = time.perf_counter()
+        (output,) = self.backend.invoke(self._input)
+        invoked = time.perf_counter()
+        keypoints = decode_singlepose(output, box)
+        decoded = time.perf_counter()
+        timings = StageTimings(
+            preprocess_ms=(prepared - start) * 1e3,
+            invoke_ms=(invoked - prepared) * 1e3,
+            decode_ms=(decoded - invoked) * 1e3,
+        )
+        return RawEstimate(keypoints=keypoints, box=box, timings=timings)

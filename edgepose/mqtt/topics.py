@@ -1,0 +1,26 @@
+"""Topic names, in one place so the README, the publisher and the tests agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+    device_id: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/{self.device_id}/status"
+
+    @property
+    def keypoints(self) -> str:
+        return f"{self.base}/{self.device_id}/keypoints"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/{self.device_id}/health"

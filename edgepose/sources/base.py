@@ -1,0 +1,52 @@
+"""The frame-source seam: every camera, file and test source implements `FrameSource`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+# How the pipeline should take frames from a source:
+#   live        - the source runs on its own clock (a camera): read on a capture thread, freshest wins
+#   sequential  - every frame matters (a video file): read ahead on a thread, never drop
+#   on_demand   - producing a frame costs nothing (synthetic): read inline, exactly when needed
+Delivery = Literal["live", "sequential", "on_demand"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # RGB uint8, H x W x 3
+    timestamp_s: float  # wall-clock capture time, UNIX seconds (what payloads report)
+    monotonic_s: float  # the same instant on time.monotonic(), for latency arithmetic
+    index: int  # frame counter of the source since it was opened
+
+    @property
+    def height_px(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width_px(self) -> int:
+        return int(self.image.shape[1])
+
+
+def now_stamps() -> tuple[float, float]:
+    """(wall, monotonic) for a frame captured right now."""
+    return time.time(), time.monotonic()
+
+
+class FrameSource(Protocol):
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def delivery(self) -> Delivery: ...
+
+    def open(self) -> None: ...
+
+    def read(self) -> Frame | None:
+        """The next frame; None at the end of a finite source. Raises SourceError on failure."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,162 @@
+"""End to end: a real video, the real model, a real mosquitto, the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgepose.sources.images import read_rgb
+from tests.conftest import Broker, TruthImage, edgepose_command, edgepose_env, run_edgepose, write_video
+from tests.test_payloads import load_schema
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+@pytest.fixture(scope="module")
+def people_video(tmp_path_factory: pytest.TempPathFactory, truth_images: list[TruthImage]) -> Path:
+    """40 frames of 640x480: the test photos scaled into the frame, drifting sideways."""
+    import cv2
+
+    frames = []
+    for index in range(40):
+        photo = read_rgb(truth_images[(index // 20) % 2].path)
+        scale = 440 / photo.shape[0]
+        person = cv2.resize(photo, (round(photo.shape[1] * scale), 440))
+        canvas = np.full((480, 640, 3), 90, np.uint8)
+        x = 40 + 8 * (index % 20)
+        canvas[20 : 20 + person.shape[0], x : x + person.shape[1]] = person
+        frames.append(canvas)
+    return write_video(tmp_path_factory.mktemp("video") / "people.avi", frames)
+
+
+def _run_args(broker: Broker, source: str, device_id: str) -> list[str]:
+    return [
+        "run",
+        "--set",
+        f"camera.source={source}",
+        "--set",
+        f"mqtt.host={broker.host}",
+        "--set",
+        f"mqtt.port={broker.port}",
+        "--set",
+        f"device_id={device_id}",
+        "--set",
+        "health.interval_s=0.5",
+        "--set",
+        "camera.loop=true",
+    ]
+
+
+def test_thirty_frames_end_to_end(broker: Broker, subscribe: Any, people_video: Path, model_dir: Path) -> None:
+    collector = subscribe(broker)
+    result = run_edgepose(*_run_args(broker, f"file:{people_video}", "e2e"), "--max-frames", "30", model_dir=model_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+    keypoints = [json.loads(p) for p in collector.wait_for("e2e/keypoints", 30, timeout_s=5)]
+    time.sleep(0.3)  # anything beyond 30 would have arrived by now
+    keypoints = [json.loads(p) for p in collector.on("e2e/keypoints")]
+    assert len(keypoints) == 30
+    schema = load_schema("keypoints")
+    for payload in keypoints:
+        jsonschema.validate(payload, schema)
+    assert [p["seq"] for p in keypoints] == list(range(30))
+    assert all(p["device_id"] == "e2e" and p["frame"] == {"width": 640, "height": 480} for p in keypoints)
+    # Real people are in every frame: the model must find them.
+    assert sum(1 for p in keypoints if p["poses"] and p["poses"][0]["score"] > 0.3) >= 27
+    timestamps = [p["timestamp"] for p in keypoints]
+    assert timestamps == sorted(timestamps) and abs(timestamps[-1] - time.time()) < 60
+
+    health = [json.loads(p) for p in collector.on("e2e/health")]
+    assert health, "no health message"
+    health_schema = load_schema("health")
+    for payload in health:
+        jsonschema.validate(payload, health_schema)
+    final = health[-1]
+    assert final["counters"]["frames_inferred"] == 30
+    assert final["counters"]["frames_published"] == 30
+    assert final["runtime"] == "litert" and final["backend"] == "cpu"
+    assert final["mqtt"]["connected"] is True
+
+    status = [p.decode() for p in collector.on("e2e/status")]
+    assert status == ["online", "offline"]
+
+
+def test_status_offline_is_retained_after_clean_stop(
+    broker: Broker, subscribe: Any, people_video: Path, model_dir: Path
+) -> None:
+    result = run_edgepose(
+        *_run_args(broker, f"file:{people_video}", "retained"), "--max-frames", "3", model_dir=model_dir
+    )
+    assert result.returncode == 0, result.stderr
+    late = subscribe(broker)  # subscribes after the daemon is gone: sees only retained messages
+    assert [p.decode() for p in late.wait_for("retained/status", 1, timeout_s=3)] == ["offline"]
+    (health,) = late.wait_for("retained/health", 1, timeout_s=3)
+    assert json.loads(health)["state"] == "stopping"
+
+
+def test_broker_absent_at_start_then_started(
+    broker_factory: Any, subscribe: Any, people_video: Path, model_dir: Path
+) -> None:
+    broker = broker_factory(start=False)
+    process = subprocess.Popen(
+        edgepose_command(*_run_args(broker, f"file:{people_video}", "late"), "--set", "mqtt.reconnect_max_s=1"),
+        env=edgepose_env(model_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.5)  # inferring with no broker
+        assert process.poll() is None, process.communicate()[1]
+        broker.start()
+        collector = subscribe(broker)
+        keypoints = collector.wait_for("late/keypoints", 5, timeout_s=15)
+        assert len(keypoints) >= 5, "daemon did not connect after the broker came up"
+        health = [json.loads(p) for p in collector.wait_for("late/health", 2, timeout_s=5)]
+        latest = health[-1]
+        assert latest["mqtt"]["connected"] is True
+        # Frames inferred while the broker was down were counted as not published.
+        assert latest["counters"]["publish_failed"] > 0
+        assert latest["counters"]["frames_inferred"] > latest["counters"]["frames_published"]
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+
+
+def test_end_of_finite_source_exits_cleanly(
+    broker: Broker, subscribe: Any, truth_images: list[TruthImage], model_dir: Path
+) -> None:
+    collector = subscribe(broker)
+    directory = truth_images[0].path.parent
+    args = _run_args(broker, f"images:{directory}", "stills")
+    result = run_edgepose(*args, "--set", "camera.loop=false", model_dir=model_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(collector.wait_for("stills/keypoints", 2, timeout_s=3)) == 2
+    assert "end of source" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "text"),
+    [
+        ("file:/nonexistent/video.mp4", 66, "video file not found: /nonexistent/video.mp4"),
+        ("v4l2:/dev/video99", 69, "cannot open v4l2:/dev/video99"),
+    ],
+)
+def test_bad_source_is_a_one_line_error(broker: Broker, model_dir: Path, source: str, code: int, text: str) -> None:
+    result = run_edgepose(*_run_args(broker, source, "bad"), model_dir=model_dir, timeout_s=30)
+    assert result.returncode == code, result.stderr
+    assert text in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_names_the_fetch_command(broker: Broker, tmp_path: Path) -> None:
+    result = run_edgepose("run", "--set", "camera.source=synthetic", model_dir=tmp_path, timeout_s=30)
+    assert result.returncode == 66
+    assert "run `edgepose models fetch movenet_lightning_int8`" in result.stderr

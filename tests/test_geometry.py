@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepose.geometry import box_to_frame, crop_and_resize_into, frame_to_box, letterbox_box, paste_region
+from edgepose.pose import CropBox
+
+
+def test_letterbox_box_landscape_pads_top_and_bottom() -> None:
+    box = letterbox_box(480, 640)
+    # A 640x640 square around a 640x480 frame: 80 px of padding above and below.
+    assert box.xmin == 0 and box.xmax == 1
+    assert box.ymin == pytest.approx(-80 / 480)
+    assert box.ymax == pytest.approx(1 + 80 / 480)
+
+
+def test_letterbox_box_portrait_pads_left_and_right() -> None:
+    box = letterbox_box(640, 384)
+    assert box.ymin == 0 and box.ymax == 1
+    assert box.xmin == pytest.approx(-128 / 384)
+    assert box.xmax == pytest.approx(1 + 128 / 384)
+
+
+def test_letterbox_rejects_empty_frame() -> None:
+    with pytest.raises(ValueError):
+        letterbox_box(0, 640)
+
+
+def test_paste_region_of_letterbox() -> None:
+    region = paste_region(letterbox_box(480, 640), 480, 640, 192, 192)
+    assert (region.src_y0, region.src_y1, region.src_x0, region.src_x1) == (0, 480, 0, 640)
+    # 480 rows scaled by 192/640 = 144 rows, centred: 24 rows of padding each side.
+    assert (region.dst_y0, region.dst_y1, region.dst_x0, region.dst_x1) == (24, 168, 0, 192)
+
+
+def test_effective_box_accounts_for_pixel_rounding() -> None:
+    # 384 px wide photo in a 640 px square: the paste starts at 38.4 model px, rounded to 38.
+    frame = np.full((640, 384, 3), 100, np.uint8)
+    out = np.zeros((192, 192, 3), np.uint8)
+    box = crop_and_resize_into(frame, letterbox_box(640, 384), out)
+    assert (out[:, 37] == 0).all() and (out[:, 38] == 100).all()
+    # Model x = 38/192 is the frame's left edge in the box that was really used.
+    np.testing.assert_allclose(box_to_frame(np.array([[0.0, 38 / 192]]), box), [[0.0, 0.0]], atol=1e-9)
+
+
+def test_crop_and_resize_into_keeps_aspect_and_pads_with_zero() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, :320] = (255, 0, 0)  # left half red
+    frame[:, 320:] = (0, 0, 255)  # right half blue
+    out = np.full((192, 192, 3), 7, np.uint8)
+    crop_and_resize_into(frame, letterbox_box(480, 640), out)
+    assert (out[:24] == 0).all() and (out[168:] == 0).all()
+    assert tuple(out[96, 10]) == (255, 0, 0)
+    assert tuple(out[96, 180]) == (0, 0, 255)
+
+
+def test_crop_and_resize_into_writes_in_place() -> None:
+    frame = np.full((100, 100, 3), 50, np.uint8)
+    out = np.zeros((1, 32, 32, 3), np.uint8)
+    view = out[0]
+    crop_and_resize_into(frame, CropBox(0, 0, 1, 1), view)
+    assert (out == 50).all()
+
+
+def test_crop_box_partly_outside_frame() -> None:
+    frame = np.full((100, 100, 3), 200, np.uint8)
+    out = np.full((50, 50, 3), 9, np.uint8)
+    # The box covers x from -0.5 to 0.5: the left half of the input is padding.
+    crop_and_resize_into(frame, CropBox(ymin=0, xmin=-0.5, ymax=1, xmax=0.5), out)
+    assert (out[:, :25] == 0).all()
+    assert (out[:, 25:] == 200).all()
+
+
+def test_crop_box_entirely_outside_frame_gives_zeros() -> None:
+    out = np.full((8, 8, 3), 9, np.uint8)
+    crop_and_resize_into(np.ones((10, 10, 3), np.uint8), CropBox(2, 2, 3, 3), out)
+    assert (out == 0).all()
+
+
+def test_box_mapping_round_trip() -> None:
+    box = letterbox_box(480, 640)
+    model_yx = np.array([[0.5, 0.5], [0.125, 0.0], [0.875, 1.0]])
+    frame_yx = box_to_frame(model_yx, box)
+    # The model's top padding edge (y = 80/640 = 0.125) is the frame's top edge.
+    np.testing.assert_allclose(frame_yx, [[0.5, 0.5], [0.0, 0.0], [1.0, 1.0]], atol=1e-12)
+    np.testing.assert_allclose(frame_to_box(frame_yx, box), model_yx, atol=1e-12)
+
+
+def test_mapping_matches_pixels_of_resized_image() -> None:
+    """A bright dot in the frame lands where box_to_frame says its model pixel maps back to."""
+    frame = np.zeros((300, 500, 3), np.uint8)
+    frame[200:204, 100:104] = 255
+    out = np.zeros((256, 256, 3), np.uint8)
+    box = letterbox_box(300, 500)
+    crop_and_resize_into(frame, box, out)
+    ys, xs = np.nonzero(out[:, :, 0] > 64)
+    model_yx = np.array([[(ys.mean() + 0.5) / 256, (xs.mean() + 0.5) / 256]])
+    frame_px = box_to_frame(model_yx, box)[0] * [300, 500]
+    np.testing.assert_allclose(frame_px, [202, 102], atol=1.5)

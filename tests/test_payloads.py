@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgepose.mqtt.payloads import KeypointsMessage, encode, keypoints_payload
+from edgepose.pose import KEYPOINT_NAMES, BoundingBox, CropBox, Keypoint, Pose
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    text = resources.files("edgepose.mqtt").joinpath("schemas", f"{name}.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _pose(score: float = 0.5, track_id: int | None = None) -> Pose:
+    keypoints = tuple(Keypoint(name, x=0.1 + i / 40, y=0.2, score=score) for i, name in enumerate(KEYPOINT_NAMES))
+    bbox = BoundingBox(0.1, 0.1, 0.6, 0.9) if track_id is not None else None
+    return Pose(keypoints=keypoints, score=score, track_id=track_id, bbox=bbox)
+
+
+def _message(**overrides: Any) -> KeypointsMessage:
+    fields: dict[str, Any] = dict(
+        device_id="pi-lab",
+        seq=42,
+        timestamp_s=1764000000.1234,
+        frame_width_px=640,
+        frame_height_px=480,
+        model="movenet_lightning_int8",
+        backend="cpu",
+        inference_ms=4.123,
+        capture_to_publish_ms=6.0,
+        poses=(_pose(),),
+        crop=CropBox(-0.1667, 0.0, 1.1667, 1.0),
+    )
+    fields.update(overrides)
+    return KeypointsMessage(**fields)
+
+
+def test_keypoints_payload_matches_documented_example_shape() -> None:
+    payload = json.loads(encode(keypoints_payload(_message())))
+    jsonschema.validate(payload, load_schema("keypoints"))
+    assert payload["schema"] == "edgepose.keypoints/1"
+    assert payload["seq"] == 42 and payload["timestamp"] == 1764000000.123
+    assert payload["frame"] == {"width": 640, "height": 480}
+    assert payload["latency_ms"] == {"inference": 4.12, "capture_to_publish": 6.0}
+    assert [k["name"] for k in payload["poses"][0]["keypoints"]] == list(KEYPOINT_NAMES)
+    assert payload["poses"][0]["keypoints"][0] == {"name": "nose", "x": 0.1, "y": 0.2, "score": 0.5}
+
+
+def test_multipose_fields_validate() -> None:
+    payload = keypoints_payload(_message(poses=(_pose(0.7, track_id=3), _pose(0.4, track_id=5))))
+    jsonschema.validate(payload, load_schema("keypoints"))
+    assert [p["id"] for p in payload["poses"]] == [3, 5]
+    assert payload["poses"][0]["bbox"] == {"xmin": 0.1, "ymin": 0.1, "xmax": 0.6, "ymax": 0.9}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p.pop("seq"),
+        lambda p: p["poses"][0]["keypoints"].pop(),
+        lambda p: p["poses"][0]["keypoints"][0].update(name="snout"),
+        lambda p: p.update(backend="gpu"),
+        lambda p: p.update(extra=1),
+    ],
+)
+def test_schema_rejects_malformed_payloads(mutate: Any) -> None:
+    payload = json.loads(encode(keypoints_payload(_message())))
+    mutate(payload)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, load_schema("keypoints"))
+
+
+def test_encode_refuses_nan() -> None:
+    with pytest.raises(ValueError):
+        encode({"x": float("nan")})
