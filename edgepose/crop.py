@@ -1,0 +1,227 @@
+"""MoveNet's smart crop: where to look in the next frame, from where the body was in this one.
+
+MoveNet single-pose sees a small square input; running it on a square around the person instead of
+the whole letterboxed frame gives the person more input pixels and much better keypoints. This is
+the algorithm of tfjs-models `pose-detection/src/movenet/crop_utils.ts` (`determineNextCropRegion`)
+and of the TF Lite Raspberry Pi example `lite/examples/pose_estimation/raspberry_pi/ml/movenet.py`
+(`_determine_crop_region`), with the crop box low-passed between frames as tfjs `detector.ts` does.
+
+The Raspberry Pi example has a bug this port does not copy: its full-body loop measures
+`target_keypoints[joint]`, where `joint` is the last torso joint left over from the loop before,
+so every "body" distance is the right hip's and arms and legs never widen the crop. tfjs measures
+each keypoint, as done here.
+
+Keypoints come in as a (17, 3) array of frame-normalized [y, x, score]; distances are measured in
+pixels (as upstream) so the box is square in pixels; boxes go out frame-normalized as `CropBox`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepose.geometry import letterbox_box
+from edgepose.pose import KEYPOINT_INDEX, NUM_KEYPOINTS, CropBox
+
+# Values from tfjs-models pose-detection/src/movenet/constants.ts and crop_utils.ts.
+MIN_CROP_KEYPOINT_SCORE = 0.2
+TORSO_EXPANSION_RATIO = 1.9
+BODY_EXPANSION_RATIO = 1.2
+CROP_FILTER_ALPHA = 0.9
+
+_LEFT_SHOULDER = KEYPOINT_INDEX["left_shoulder"]
+_RIGHT_SHOULDER = KEYPOINT_INDEX["right_shoulder"]
+_LEFT_HIP = KEYPOINT_INDEX["left_hip"]
+_RIGHT_HIP = KEYPOINT_INDEX["right_hip"]
+_TORSO = (_LEFT_SHOULDER, _RIGHT_SHOULDER, _LEFT_HIP, _RIGHT_HIP)
+
+EstimateFn = Callable[[CropBox], np.ndarray]
+
+
+def _check_keypoints(keypoints: np.ndarray) -> None:
+    if keypoints.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3) [y, x, score], got {keypoints.shape}")
+
+
+def torso_visible(keypoints: np.ndarray) -> bool:
+    """Whether a hip and a shoulder are confident enough to anchor a crop on.
+
+    Upstream compares with a strict `>`: a score of exactly MIN_CROP_KEYPOINT_SCORE does not count.
+    """
+    _check_keypoints(keypoints)
+    confident = keypoints[:, 2] > MIN_CROP_KEYPOINT_SCORE
+    hip = confident[_LEFT_HIP] or confident[_RIGHT_HIP]
+    shoulder = confident[_LEFT_SHOULDER] or confident[_RIGHT_SHOULDER]
+    return bool(hip and shoulder)
+
+
+@dataclass(frozen=True)
+class BodyRange:
+    """Largest distances from the hip centre in pixels: over the 4 torso joints, over all confident joints."""
+
+    torso_y_px: float
+    torso_x_px: float
+    body_y_px: float
+    body_x_px: float
+
+
+def torso_and_body_range(
+    keypoints: np.ndarray, center_y_px: float, center_x_px: float, frame_height_px: int, frame_width_px: int
+) -> BodyRange:
+    """Upstream `determineTorsoAndBodyRange`, measuring each keypoint (not the RPi example's last joint)."""
+    _check_keypoints(keypoints)
+    y_px = keypoints[:, 0] * frame_height_px
+    x_px = keypoints[:, 1] * frame_width_px
+    dist_y_px = np.abs(center_y_px - y_px)
+    dist_x_px = np.abs(center_x_px - x_px)
+    torso = list(_TORSO)
+    # Upstream counts the torso joints whatever their score, but skips body joints below the
+    # threshold with `<`, so a score of exactly MIN_CROP_KEYPOINT_SCORE does count here.
+    confident = keypoints[:, 2] >= MIN_CROP_KEYPOINT_SCORE
+    return BodyRange(
+        torso_y_px=float(dist_y_px[torso].max()),
+        torso_x_px=float(dist_x_px[torso].max()),
+        body_y_px=float(dist_y_px[confident].max(initial=0.0)),
+        body_x_px=float(dist_x_px[confident].max(initial=0.0)),
+    )
+
+
+def determine_crop_region(keypoints: np.ndarray, frame_height_px: int, frame_width_px: int) -> CropBox:
+    """The square (in pixels) box to run the model on next, centred on the hips and holding the body.
+
+    Falls back to the letterbox (the whole frame) when the torso is not visible, or when the body
+    is so large that the crop would be larger than the frame anyway.
+    """
+    _check_keypoints(keypoints)
+    fallback = letterbox_box(frame_height_px, frame_width_px)
+    if not torso_visible(keypoints):
+        return fallback
+    # Upstream centres on both hips even when only one of them is confident.
+    center_y_px = float((keypoints[_LEFT_HIP, 0] + keypoints[_RIGHT_HIP, 0]) / 2 * frame_height_px)
+    center_x_px = float((keypoints[_LEFT_HIP, 1] + keypoints[_RIGHT_HIP, 1]) / 2 * frame_width_px)
+    reach = torso_and_body_range(keypoints, center_y_px, center_x_px, frame_height_px, frame_width_px)
+    half_px = max(
+        reach.torso_x_px * TORSO_EXPANSION_RATIO,
+        reach.torso_y_px * TORSO_EXPANSION_RATIO,
+        reach.body_y_px * BODY_EXPANSION_RATIO,
+        reach.body_x_px * BODY_EXPANSION_RATIO,
+    )
+    # No point reaching further past the centre than the farthest frame edge.
+    half_px = min(
+        half_px,
+        max(center_x_px, frame_width_px - center_x_px, center_y_px, frame_height_px - center_y_px),
+    )
+    if half_px > max(frame_width_px, frame_height_px) / 2:
+        return fallback
+    return CropBox(
+        ymin=(center_y_px - half_px) / frame_height_px,
+        xmin=(center_x_px - half_px) / frame_width_px,
+        ymax=(center_y_px + half_px) / frame_height_px,
+        xmax=(center_x_px + half_px) / frame_width_px,
+    )
+
+
+def low_pass_box(previous: CropBox, new: CropBox, alpha: float) -> CropBox:
+    """tfjs's LowPassFilter on each edge: move `alpha` of the way from `previous` to `new`.
+
+    A blend of two pixel-square boxes is itself pixel-square, so the crop stays square.
+    """
+    return CropBox(
+        ymin=previous.ymin + alpha * (new.ymin - previous.ymin),
+        xmin=previous.xmin + alpha * (new.xmin - previous.xmin),
+        ymax=previous.ymax + alpha * (new.ymax - previous.ymax),
+        xmax=previous.xmax + alpha * (new.xmax - previous.xmax),
+    )
+
+
+class CropRegionTracker:
+    """Carries the crop from one video frame to the next.
+
+    Per frame: run the model on `box_for_frame(h, w)`, then hand the frame-normalized keypoints to
+    `next_box`. The box is low-passed (alpha 0.9, tfjs) so it does not jump with keypoint noise.
+    One deviation from tfjs: when the torso is lost the box goes straight to the letterbox rather
+    than 90% of the way there, because a box slightly inside the frame can cut off the edges where
+    the person is most likely to reappear; the filter restarts from the letterbox.
+    """
+
+    def __init__(self, alpha: float = CROP_FILTER_ALPHA) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self._alpha = alpha
+        self._box: CropBox | None = None
+        self._frame_size_px: tuple[int, int] | None = None
+
+    @property
+    def box(self) -> CropBox | None:
+        """The box chosen for the next frame, or None before the first frame and after `reset`."""
+        return self._box
+
+    def box_for_frame(self, frame_height_px: int, frame_width_px: int) -> CropBox:
+        """The box to run the model on for a frame of this size: the letterbox until one is known."""
+        if self._box is None or self._frame_size_px != (frame_height_px, frame_width_px):
+            return letterbox_box(frame_height_px, frame_width_px)
+        return self._box
+
+    def next_box(self, keypoints: np.ndarray, frame_height_px: int, frame_width_px: int) -> CropBox:
+        """Update from this frame's keypoints and return the box for the next frame."""
+        if self._frame_size_px != (frame_height_px, frame_width_px):
+            # Normalized boxes of another frame size describe other pixels.
+            self.reset()
+            self._frame_size_px = (frame_height_px, frame_width_px)
+        if not torso_visible(keypoints):
+            self._box = letterbox_box(frame_height_px, frame_width_px)
+            return self._box
+        target = determine_crop_region(keypoints, frame_height_px, frame_width_px)
+        self._box = target if self._box is None else low_pass_box(self._box, target, self._alpha)
+        return self._box
+
+    def reset(self) -> None:
+        self._box = None
+        self._frame_size_px = None
+
+
+@dataclass(frozen=True, eq=False)
+class RefinedEstimate:
+    """The best of the passes `refine_crops` ran on a still image."""
+
+    keypoints: np.ndarray  # (17, 3) frame-normalized [y, x, score]
+    box: CropBox  # the box the model saw to produce `keypoints`
+    passes: int  # how many times the estimator ran
+
+
+def mean_keypoint_score(keypoints: np.ndarray) -> float:
+    _check_keypoints(keypoints)
+    return float(np.mean(keypoints[:, 2]))
+
+
+def refine_crops(
+    estimate_fn: EstimateFn, frame_height_px: int, frame_width_px: int, max_passes: int = 3
+) -> RefinedEstimate:
+    """Still-image stand-in for frame-to-frame cropping: estimate, crop on the result, estimate again.
+
+    The first pass sees the letterbox. Each further pass runs on the crop found from the best pass
+    so far, and is kept only if it raises the mean keypoint score; the loop stops at the first pass
+    that does not, when the torso is not visible, when the crop would not change, or after
+    `max_passes` runs of the estimator. `estimate_fn(box)` returns (17, 3) frame-normalized keypoints.
+    """
+    if max_passes < 1:
+        raise ValueError(f"max_passes must be at least 1, got {max_passes}")
+    box = letterbox_box(frame_height_px, frame_width_px)
+    keypoints = np.asarray(estimate_fn(box), dtype=np.float64)
+    best = RefinedEstimate(keypoints=keypoints, box=box, passes=1)
+    best_score = mean_keypoint_score(keypoints)
+    passes = 1
+    while passes < max_passes and torso_visible(best.keypoints):
+        next_box = determine_crop_region(best.keypoints, frame_height_px, frame_width_px)
+        if next_box == best.box:
+            break
+        candidate = np.asarray(estimate_fn(next_box), dtype=np.float64)
+        passes += 1
+        score = mean_keypoint_score(candidate)
+        if score <= best_score:
+            break
+        best = RefinedEstimate(keypoints=candidate, box=next_box, passes=passes)
+        best_score = score
+    return RefinedEstimate(keypoints=best.keypoints, box=best.box, passes=passes)

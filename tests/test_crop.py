@@ -1,0 +1,275 @@
+"""Smart-crop tests. Every expected box is worked out by hand in pixels on a 480x640 frame."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edgepose.crop import (
+    CropRegionTracker,
+    determine_crop_region,
+    low_pass_box,
+    refine_crops,
+    torso_and_body_range,
+    torso_visible,
+)
+from edgepose.geometry import letterbox_box
+from edgepose.pose import KEYPOINT_INDEX, CropBox
+
+H_PX, W_PX = 480, 640
+
+
+def keypoints_px(points_px: dict[str, tuple[float, float]], score: float = 0.9) -> np.ndarray:
+    """(17, 3) frame-normalized keypoints; the named ones at (y_px, x_px) with `score`, the rest at 0."""
+    out = np.zeros((17, 3))
+    for name, (y_px, x_px) in points_px.items():
+        out[KEYPOINT_INDEX[name]] = (y_px / H_PX, x_px / W_PX, score)
+    return out
+
+
+# Hips at y=240 around x=320 (centre (240, 320)); shoulders 100 px up, 30 px either side of the centre.
+TORSO_PX = {
+    "left_hip": (240.0, 300.0),
+    "right_hip": (240.0, 340.0),
+    "left_shoulder": (140.0, 290.0),
+    "right_shoulder": (140.0, 350.0),
+}
+
+
+def box_px(ymin_px: float, xmin_px: float, ymax_px: float, xmax_px: float) -> CropBox:
+    return CropBox(ymin=ymin_px / H_PX, xmin=xmin_px / W_PX, ymax=ymax_px / H_PX, xmax=xmax_px / W_PX)
+
+
+def assert_box(actual: CropBox, expected: CropBox) -> None:
+    assert (actual.ymin, actual.xmin, actual.ymax, actual.xmax) == pytest.approx(
+        (expected.ymin, expected.xmin, expected.ymax, expected.xmax), abs=1e-12
+    )
+
+
+def test_torso_only_crop_is_torso_extent_times_1_9() -> None:
+    kps = keypoints_px(TORSO_PX)
+    # torso reach: y 100 px, x 30 px -> half = max(1.9*100, 1.9*30, 1.2*100, 1.2*30) = 190 px
+    box = determine_crop_region(kps, H_PX, W_PX)
+    assert_box(box, box_px(240 - 190, 320 - 190, 240 + 190, 320 + 190))
+    # square in pixels
+    assert (box.ymax - box.ymin) * H_PX == pytest.approx((box.xmax - box.xmin) * W_PX)
+
+
+def test_outstretched_arms_enlarge_the_crop() -> None:
+    """Regression for the RPi example bug: its body loop measured the right hip, never the wrists.
+
+    With that bug the body reach is the right hip's (0 px, 20 px), the torso wins and the box stays
+    the 190 px half of the test above. Measured properly, the wrists 250 px from the centre give
+    half = 1.2 * 250 = 300 px.
+    """
+    kps = keypoints_px({**TORSO_PX, "left_wrist": (240.0, 570.0), "right_wrist": (240.0, 70.0)})
+    reach = torso_and_body_range(kps, 240.0, 320.0, H_PX, W_PX)
+    assert (reach.torso_y_px, reach.torso_x_px) == pytest.approx((100.0, 30.0))
+    assert (reach.body_y_px, reach.body_x_px) == pytest.approx((100.0, 250.0))
+    box = determine_crop_region(kps, H_PX, W_PX)
+    assert_box(box, box_px(240 - 300, 320 - 300, 240 + 300, 320 + 300))
+
+
+def test_ankles_far_below_enlarge_the_crop_vertically() -> None:
+    # ankles 230 px below the hip centre -> half = 1.2 * 230 = 276 px (> 190 from the torso)
+    kps = keypoints_px({**TORSO_PX, "left_ankle": (470.0, 310.0), "right_ankle": (470.0, 330.0)})
+    assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(240 - 276, 320 - 276, 240 + 276, 320 + 276))
+
+
+def test_body_joints_below_threshold_are_ignored_and_threshold_itself_counts() -> None:
+    kps = keypoints_px({**TORSO_PX, "left_wrist": (240.0, 570.0)})
+    kps[KEYPOINT_INDEX["left_wrist"], 2] = 0.19
+    assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(50, 130, 430, 510))
+    kps[KEYPOINT_INDEX["left_wrist"], 2] = 0.2  # upstream skips only `< 0.2`
+    assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(240 - 300, 20, 240 + 300, 620))
+
+
+def test_torso_visible_needs_a_hip_and_a_shoulder_above_0_2() -> None:
+    one_each = keypoints_px({"left_hip": TORSO_PX["left_hip"], "right_shoulder": TORSO_PX["right_shoulder"]})
+    assert torso_visible(one_each)
+    hips_only = keypoints_px({"left_hip": TORSO_PX["left_hip"], "right_hip": TORSO_PX["right_hip"]})
+    assert not torso_visible(hips_only)
+    shoulders_only = keypoints_px(
+        {"left_shoulder": TORSO_PX["left_shoulder"], "right_shoulder": TORSO_PX["right_shoulder"]}
+    )
+    assert not torso_visible(shoulders_only)
+    at_threshold = keypoints_px(TORSO_PX, score=0.2)  # strict `>` upstream
+    assert not torso_visible(at_threshold)
+
+
+def test_falls_back_to_letterbox_when_torso_not_visible() -> None:
+    kps = keypoints_px(TORSO_PX, score=0.1)
+    box = determine_crop_region(kps, H_PX, W_PX)
+    # 480x640 letterbox: 80 px of padding above and below
+    assert_box(box, CropBox(ymin=-80 / 480, xmin=0.0, ymax=1 + 80 / 480, xmax=1.0))
+    assert box == letterbox_box(H_PX, W_PX)
+
+
+def test_falls_back_to_letterbox_when_body_larger_than_frame() -> None:
+    # hip centre (240, 100), shoulders 200 px up -> half 380 px; the farthest edge (540 px) does
+    # not clamp it, and 380 > max(640, 480) / 2 = 320 -> whole frame
+    kps = keypoints_px(
+        {
+            "left_hip": (240.0, 80.0),
+            "right_hip": (240.0, 120.0),
+            "left_shoulder": (40.0, 80.0),
+            "right_shoulder": (40.0, 120.0),
+        }
+    )
+    assert determine_crop_region(kps, H_PX, W_PX) == letterbox_box(H_PX, W_PX)
+
+
+def test_half_is_clamped_to_the_farthest_edge() -> None:
+    # hip centre (240, 320), shoulders 180 px up -> 1.9 * 180 = 342 px, clamped to max edge distance 320
+    kps = keypoints_px(
+        {
+            "left_hip": (240.0, 310.0),
+            "right_hip": (240.0, 330.0),
+            "left_shoulder": (60.0, 310.0),
+            "right_shoulder": (60.0, 330.0),
+        }
+    )
+    assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(240 - 320, 0, 240 + 320, 640))
+
+
+def test_tracker_first_box_is_unfiltered_then_low_passed_at_0_9() -> None:
+    tracker = CropRegionTracker()
+    assert tracker.box is None
+    assert tracker.box_for_frame(H_PX, W_PX) == letterbox_box(H_PX, W_PX)
+    first = tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
+    assert_box(first, box_px(50, 130, 430, 510))
+    assert tracker.box_for_frame(H_PX, W_PX) == first
+
+    # The person moves 100 px right: the raw crop would be (50, 230, 430, 610).
+    moved = {name: (y, x + 100.0) for name, (y, x) in TORSO_PX.items()}
+    second = tracker.next_box(keypoints_px(moved), H_PX, W_PX)
+    # 130 + 0.9 * 100 = 220, 510 + 0.9 * 100 = 600
+    assert_box(second, box_px(50, 220, 430, 600))
+    third = tracker.next_box(keypoints_px(moved), H_PX, W_PX)
+    # 220 + 0.9 * 10 = 229
+    assert_box(third, box_px(50, 229, 430, 609))
+
+
+def test_tracker_jumps_to_letterbox_when_lost_and_filters_back_in() -> None:
+    tracker = CropRegionTracker()
+    tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
+    lost = tracker.next_box(keypoints_px(TORSO_PX, score=0.05), H_PX, W_PX)
+    assert lost == letterbox_box(H_PX, W_PX)
+    back = tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
+    # letterbox in px: (-80, 0, 560, 640); target (50, 130, 430, 510); 0.9 of the way
+    assert_box(back, box_px(-80 + 0.9 * 130, 0.9 * 130, 560 - 0.9 * 130, 640 - 0.9 * 130))
+
+
+def test_tracker_reset_and_frame_size_change_restart_the_filter() -> None:
+    tracker = CropRegionTracker()
+    tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
+    tracker.reset()
+    assert tracker.box is None
+    moved = {name: (y, x + 100.0) for name, (y, x) in TORSO_PX.items()}
+    assert_box(tracker.next_box(keypoints_px(moved), H_PX, W_PX), box_px(50, 230, 430, 610))
+    # A new frame size: the old box is dropped, not blended.
+    kps = keypoints_px(TORSO_PX)
+    assert tracker.box_for_frame(960, 1280) == letterbox_box(960, 1280)
+    assert_box(tracker.next_box(kps, 960, 1280), determine_crop_region(kps, 960, 1280))
+
+
+def test_low_pass_box_keeps_pixel_squares_square() -> None:
+    a = box_px(50, 130, 430, 510)
+    b = box_px(-60, 20, 540, 620)
+    c = low_pass_box(a, b, 0.9)
+    assert (c.ymax - c.ymin) * H_PX == pytest.approx((c.xmax - c.xmin) * W_PX)
+
+
+def _person_estimator(true_kps: np.ndarray, calls: list[CropBox]) -> Callable[[CropBox], np.ndarray]:
+    """A fake model: exact positions, with scores that grow with how tall the person is in the box."""
+    seen = true_kps[:, 2] > 0
+    person_height = true_kps[seen, 0].max() - true_kps[seen, 0].min()
+
+    def estimate(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        out = true_kps.copy()
+        seen = true_kps[:, 2] > 0
+        out[seen, 2] = min(1.0, person_height / (box.ymax - box.ymin))
+        return out
+
+    return estimate
+
+
+def test_refine_crops_keeps_the_better_crop_and_stops_when_it_stops_improving() -> None:
+    true_kps = keypoints_px({**TORSO_PX, "left_ankle": (470.0, 310.0), "right_ankle": (470.0, 330.0)})
+    calls: list[CropBox] = []
+    estimate = _person_estimator(true_kps, calls)
+    result = refine_crops(estimate, H_PX, W_PX, max_passes=3)
+    crop = box_px(240 - 276, 320 - 276, 240 + 276, 320 + 276)
+    # pass 1 letterbox (640 px tall box: score 330/640), pass 2 on the crop (552 px: 330/552).
+    # The crop from pass 2's keypoints is the same box, so there is no third run.
+    assert len(calls) == 2
+    assert calls[0] == letterbox_box(H_PX, W_PX)
+    assert_box(calls[1], crop)
+    assert result.passes == 2
+    assert_box(result.box, crop)
+    assert result.keypoints[KEYPOINT_INDEX["left_hip"], 2] == pytest.approx(330 / 552)
+
+
+def test_refine_crops_keeps_the_first_pass_when_the_crop_is_worse() -> None:
+    true_kps = keypoints_px(TORSO_PX)
+    calls: list[CropBox] = []
+
+    def estimate(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        out = true_kps.copy()
+        out[true_kps[:, 2] > 0, 2] = 0.9 if len(calls) == 1 else 0.5
+        return out
+
+    result = refine_crops(estimate, H_PX, W_PX, max_passes=3)
+    assert len(calls) == 2
+    assert result.passes == 2
+    assert result.box == letterbox_box(H_PX, W_PX)
+    assert result.keypoints[KEYPOINT_INDEX["left_hip"], 2] == 0.9
+
+
+def test_refine_crops_stops_after_one_pass_without_a_torso() -> None:
+    calls: list[CropBox] = []
+
+    def estimate(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        return keypoints_px(TORSO_PX, score=0.1)
+
+    result = refine_crops(estimate, H_PX, W_PX)
+    assert calls == [letterbox_box(H_PX, W_PX)]
+    assert result.passes == 1
+    assert result.box == letterbox_box(H_PX, W_PX)
+
+
+def test_refine_crops_respects_max_passes() -> None:
+    calls: list[CropBox] = []
+    step = [0.3]
+
+    def estimate(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        # The person keeps "growing" in each estimate so every pass finds a new crop and a better score.
+        grow_px = 10.0 * len(calls)
+        kps = keypoints_px(
+            {
+                "left_hip": (240.0, 300.0),
+                "right_hip": (240.0, 340.0),
+                "left_shoulder": (140.0 - grow_px, 290.0),
+                "right_shoulder": (140.0 - grow_px, 350.0),
+            },
+            score=step[0],
+        )
+        step[0] += 0.1
+        return kps
+
+    result = refine_crops(estimate, H_PX, W_PX, max_passes=3)
+    assert len(calls) == 3
+    assert result.passes == 3
+    # the third call's box comes from the second call's keypoints: shoulders 120 px up -> half 228
+    assert_box(result.box, box_px(240 - 228, 320 - 228, 240 + 228, 320 + 228))
+
+
+def test_rejects_wrong_keypoint_shape() -> None:
+    with pytest.raises(ValueError, match="17, 3"):
+        determine_crop_region(np.zeros((17, 2)), H_PX, W_PX)
