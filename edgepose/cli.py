@@ -133,19 +133,33 @@ def _load(config_path: Path | None, overrides: Sequence[str]) -> tuple[Config, P
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgepose.daemon import Daemon
+    from edgepose.systemd import Notifier, journal_handler, under_journald
 
     config, path = _load(args.config, args.overrides)
+    if under_journald():
+        # Under systemd: journald only (with priority and fields), never journald and stderr both.
+        logging.getLogger().handlers[:] = [journal_handler(config.device_id)]
     logging.getLogger().setLevel(config.logging.level)
     log.info("config: %s", path if path is not None else "built-in defaults")
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError([f"--max-frames {args.max_frames}: must be at least 1"])
-    daemon = Daemon(config, max_frames=args.max_frames)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def reload_config() -> Config:
+        reloaded, _ = _load(path, args.overrides) if path is not None else load_config(None, args.overrides)
+        return reloaded
+
+    daemon = Daemon(config, max_frames=args.max_frames, reload_config=reload_config, notifier=Notifier())
+
+    # Handlers only set flags: the supervisor thread does the work, outside signal context.
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         daemon.request_stop(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        daemon.request_reload()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
     return daemon.run()
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edgepose import __version__
 from edgepose.config import Config, read_mqtt_password
-from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EdgeposeError
+from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader
 from edgepose.inference.movenet import SinglePoseEstimator
 from edgepose.inference.runtime import (
@@ -42,11 +42,14 @@ from edgepose.pipeline import (
 )
 from edgepose.sources.base import FrameSource
 from edgepose.sources.factory import open_source
+from edgepose.systemd import Notifier, WatchdogGate
 
 log = logging.getLogger(__name__)
 
 RESULT_QUEUE_DEPTH = 32
 JOIN_TIMEOUT_S = 1.5
+SUPERVISE_TICK_S = 0.1
+STATUS_PERIOD_S = 2.0
 
 
 @dataclass
@@ -65,10 +68,9 @@ class RunState:
 
 
 @dataclass
-class Components:
-    """Everything built from a Config, before any thread starts."""
+class Inference:
+    """The model side, rebuilt when the `model` section changes."""
 
-    source: FrameSource
     backend: InterpreterBackend
     stage: SinglePoseStage
     model: ResolvedModel
@@ -76,10 +78,9 @@ class Components:
     backend_reason: str | None
 
 
-def build_components(config: Config) -> Components:
+def build_inference(config: Config) -> Inference:
     manifest = load_manifest()
-    model_dir = default_model_dir(config.model.dir)
-    model = resolve_model(config.model.name, model_dir, manifest)
+    model = resolve_model(config.model.name, default_model_dir(config.model.dir), manifest)
     runtime = load_runtime(config.model.runtime)
     threads, warning = effective_threads(config.model.num_threads)
     if warning:
@@ -87,109 +88,205 @@ def build_components(config: Config) -> Components:
     backend = open_cpu_backend(model.path, runtime, threads)
     model_name = model.spec.name if model.spec else model.path.stem
     stage = SinglePoseStage(SinglePoseEstimator(backend), model_name, config.model.score_threshold)
-    photos = sample_paths(model_dir, manifest) if config.camera.source == "demo" else None
-    source = open_source(config.camera, photos)
-    return Components(source, backend, stage, model, threads, "model.backend: cpu")
+    return Inference(backend, stage, model, threads, "model.backend: cpu")
+
+
+def build_source(config: Config) -> FrameSource:
+    photos = None
+    if config.camera.source == "demo":
+        photos = sample_paths(default_model_dir(config.model.dir), load_manifest())
+    return open_source(config.camera, photos)
+
+
+def build_publisher(config: Config) -> MqttPublisher:
+    password = read_mqtt_password(config.mqtt)
+    client_id = config.mqtt.client_id or f"edgepose-{config.device_id}"
+    return MqttPublisher(config.mqtt, Topics(config.mqtt.base_topic, config.device_id), client_id, password)
+
+
+@dataclass
+class PipelineThreads:
+    """The threads of one pipeline run; a reload stops them, swaps components, starts new ones."""
+
+    stop: threading.Event
+    publish_stop: threading.Event
+    inference: InferenceLoop
+    threads: list[threading.Thread]
 
 
 class Daemon:
+    """Owns the components, the pipeline threads and the lifecycle (start, reload, stop)."""
+
     def __init__(
         self,
         config: Config,
         max_frames: int | None = None,
-        on_ready: Callable[[], None] | None = None,
-        on_status: Callable[[str], None] | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.max_frames = max_frames
+        self._reload_config = reload_config
+        self.notifier = notifier or Notifier({})
         self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self._wake = threading.Event()
         self.stats = PipelineStats()
         self.run_state = RunState()
-        self._on_ready = on_ready or (lambda: None)
-        self._on_status = on_status or (lambda line: None)
         self._rates = RateMeter()
+        self._status_rates = RateMeter()
         self._system = SystemReader()
         self._failure: BaseException | None = None
-        self.exit_code = EXIT_OK
-        self.topics = Topics(config.mqtt.base_topic, config.device_id)
+        self._results: queue.Queue[InferenceResult] = queue.Queue(maxsize=RESULT_QUEUE_DEPTH)
+        self._seq = 0
+        self._ready_sent = False
+        self._watchdog = WatchdogGate(self.notifier.watchdog_interval_s) if self.notifier.watchdog_interval_s else None
+
+    # -- requests from signal handlers (must only set flags) ------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self.stop_event.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self.reload_event.set()
+        self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
-        if not self.stop_event.is_set():
-            log.info("stopping: %s", reason)
-        self.stop_event.set()
-
     def run(self) -> int:
-        config = self.config
-        components = build_components(config)
-        self.components = components
-        password = read_mqtt_password(config.mqtt)
-        client_id = config.mqtt.client_id or f"edgepose-{config.device_id}"
-        self.publisher = MqttPublisher(config.mqtt, self.topics, client_id, password)
-
-        components.source.open()
-        log.info(
-            "edgepose %s: source %s, model %s (%s, %s %s, %d threads), MQTT %s as %s",
-            __version__,
-            components.source.description,
-            components.stage.model_name,
-            components.backend.kind,
-            components.backend.runtime.name,
-            components.backend.runtime.version,
-            components.num_threads,
-            self.publisher.address,
-            client_id,
-        )
+        self.inference = build_inference(self.config)
+        self.source = build_source(self.config)
+        self.publisher = build_publisher(self.config)
+        self.source.open()
+        self._log_setup()
         self.publisher.start()
         self._publish_health()
 
-        results: queue.Queue[InferenceResult] = queue.Queue(maxsize=RESULT_QUEUE_DEPTH)
-        feed, capture = self._make_feed(components.source)
+        while True:
+            pipeline = self._start_pipeline()
+            self._supervise()
+            self._stop_pipeline(pipeline)
+            if self.stop_event.is_set():
+                if pipeline.inference.finished_reason:
+                    log.info("finished: %s", pipeline.inference.finished_reason)
+                elif getattr(self, "_stop_reason", None):
+                    log.info("stopping: %s", self._stop_reason)
+                break
+            self.reload_event.clear()
+            self._reload()
+        return self._shutdown()
+
+    def _log_setup(self) -> None:
+        inference = self.inference
+        log.info(
+            "edgepose %s: source %s, model %s (%s, %s %s, %d threads), MQTT %s",
+            __version__,
+            self.source.description,
+            inference.stage.model_name,
+            inference.backend.kind,
+            inference.backend.runtime.name,
+            inference.backend.runtime.version,
+            inference.num_threads,
+            self.publisher.address,
+        )
+
+    def _start_pipeline(self) -> PipelineThreads:
+        config = self.config
+        stop = threading.Event()
+        publish_stop = threading.Event()
+        feed, capture = self._make_feed(self.source, stop)
         inference = InferenceLoop(
             feed,
-            components.stage,
-            results,
+            self.inference.stage,
+            self._results,
             self.stats,
             self.max_frames,
             config.publish.max_fps,
             on_first_inference=self._first_inference,
             publish_empty=config.publish.include_empty,
         )
-        publish_stop = threading.Event()
         publish = PublishLoop(
-            results,
+            self._results,
             self.publisher,
-            self.topics.keypoints,
+            self.publisher.topics.keypoints,
             config.mqtt.qos.keypoints,
             config.device_id,
             self.stats,
             enabled=config.publish.keypoints,
         )
+        publish.seq = self._seq
+        self._publish_loop = publish
         threads = [self._thread("publish", publish.run, publish_stop)]
         if capture is not None:
-            threads.append(self._thread("capture", capture.run, self.stop_event))
-        inference_thread = self._thread("inference", inference.run, self.stop_event, stop_all_when_done=True)
-        threads.append(inference_thread)
+            threads.append(self._thread("capture", capture.run, stop))
+        threads.append(self._thread("inference", inference.run, stop, stop_daemon_when_done=True))
         for thread in threads:
             thread.start()
+        return PipelineThreads(stop, publish_stop, inference, threads)
 
-        self._supervise()
-
-        self.run_state.state = "stopping"
-        self._on_status("stopping")
-        inference_thread.join(JOIN_TIMEOUT_S)
-        publish_stop.set()
-        for thread in threads:
+    def _stop_pipeline(self, pipeline: PipelineThreads) -> None:
+        """Stop capture and inference, then let publishing drain what was already inferred."""
+        pipeline.stop.set()
+        for thread in pipeline.threads:
+            if thread.name != "edgepose-publish":
+                thread.join(JOIN_TIMEOUT_S)
+        pipeline.publish_stop.set()
+        for thread in pipeline.threads:
             thread.join(JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.warning("thread %s did not stop within %.1fs", thread.name, JOIN_TIMEOUT_S)
-        if inference.finished_reason:
-            log.info("finished: %s", inference.finished_reason)
+        self._seq = self._publish_loop.seq
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read and validate; apply what changed, or keep running on the old config."""
+        self.notifier.reloading()
+        if self._reload_config is None:
+            log.warning("reload requested but no config file to re-read; ignoring")
+            self.notifier.ready(self.status_line())
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected, keeping the running config: %s", problem)
+            self.notifier.ready(self.status_line())
+            return
+        old = self.config
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
+        try:
+            if new.model != old.model:
+                replacement = build_inference(new)
+                self.inference.backend.close()
+                self.inference = replacement
+            if new.camera != old.camera or (new.camera.source == "demo" and new.model.dir != old.model.dir):
+                source = build_source(new)
+                self.source.close()
+                source.open()
+                self.source = source
+            if new.mqtt != old.mqtt or new.device_id != old.device_id:
+                publisher = build_publisher(new)
+                self.publisher.stop(timeout_s=2.0)
+                self.publisher = publisher
+                publisher.start()
+        except EdgeposeError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_line())
+            return
+        self.config = new
+        logging.getLogger().setLevel(new.logging.level)
+        log.info("configuration reloaded; changed: %s", ", ".join(changed) or "nothing")
+        self._publish_health()
+        self.notifier.ready(self.status_line())
+
+    def _shutdown(self) -> int:
+        self.run_state.state = "stopping"
+        self.notifier.stopping()
         self._publish_health()
         self.publisher.stop(timeout_s=2.0)
-        components.source.close()
-        components.backend.close()
+        self.source.close()
+        self.inference.backend.close()
         c = self.stats.counters
         log.info(
             "stopped: %d frames captured, %d inferred, %d published, %d publish failures",
@@ -198,17 +295,18 @@ class Daemon:
             c.frames_published,
             c.publish_failed,
         )
+        self.notifier.close()
         if self._failure is not None:
             if isinstance(self._failure, EdgeposeError):
                 raise self._failure
             return EXIT_SOFTWARE
-        return self.exit_code
+        return EXIT_OK
 
-    def _make_feed(self, source: FrameSource) -> tuple[FrameFeed, CaptureLoop | None]:
+    def _make_feed(self, source: FrameSource, stop: threading.Event) -> tuple[FrameFeed, CaptureLoop | None]:
         if source.delivery == "on_demand":
             return InlineFeed(source, self.stats), None
         slot: LatestFrameSlot | SequentialSlot
-        slot = LatestFrameSlot(self.stats) if source.delivery == "live" else SequentialSlot(self.stop_event)
+        slot = LatestFrameSlot(self.stats) if source.delivery == "live" else SequentialSlot(stop)
         capture = CaptureLoop(source, slot, self.stats, self.config.camera.reopen_backoff_max_s, self._camera_problem)
         return slot, capture
 
@@ -217,70 +315,74 @@ class Daemon:
         name: str,
         target: Callable[[threading.Event], None],
         stop: threading.Event,
-        stop_all_when_done: bool = False,
+        stop_daemon_when_done: bool = False,
     ) -> threading.Thread:
         def body() -> None:
             try:
                 target(stop)
+                if stop_daemon_when_done and not stop.is_set():
+                    self.request_stop("pipeline finished")
             except BaseException as exc:  # a thread must never die silently
                 self._failure = exc
                 if isinstance(exc, EdgeposeError):
                     log.error("%s: %s", name, exc)
                 else:
                     log.exception("%s thread crashed", name)
-                self.stop_event.set()
-            finally:
-                if stop_all_when_done:
-                    self.stop_event.set()
+                self.request_stop(f"{name} failed")
 
         return threading.Thread(target=body, name=f"edgepose-{name}", daemon=True)
 
     def _first_inference(self) -> None:
         self.run_state.state = "running"
-        log.info("first pose inferred %.2fs after start", time.monotonic() - self.stats.started_monotonic_s)
-        self._on_ready()
+        if not self._ready_sent:
+            self._ready_sent = True
+            log.info("first pose inferred %.2fs after start", time.monotonic() - self.stats.started_monotonic_s)
+            # READY only now: systemd should not consider us started before a frame went through the model.
+            self.notifier.ready(self.status_line())
+            self._wake.set()
 
     def _camera_problem(self, reason: str | None) -> None:
         self.run_state.camera_problem = reason
 
     def _supervise(self) -> None:
-        """The main thread: periodic health and status until something asks to stop."""
-        health_interval_s = self.config.health.interval_s
-        status_interval_s = self.config.logging.status_interval_s
-        next_health_s = time.monotonic() + health_interval_s
-        next_status_s = time.monotonic() + (status_interval_s or 1.0)
-        while not self.stop_event.wait(0.1):
+        """The main thread: health, status and watchdog until a stop or a reload is requested."""
+        next_health_s = time.monotonic() + self.config.health.interval_s
+        next_status_s = time.monotonic() + STATUS_PERIOD_S
+        next_log_s = time.monotonic() + (self.config.logging.status_interval_s or float("inf"))
+        while not (self.stop_event.is_set() or self.reload_event.is_set()):
+            self._wake.wait(SUPERVISE_TICK_S)
+            self._wake.clear()
             now = time.monotonic()
+            if self._watchdog is not None and self._watchdog.due(now, self.stats.last_inference_monotonic_s):
+                self.notifier.watchdog()
             if now >= next_health_s:
                 self._publish_health()
-                next_health_s = now + health_interval_s
+                next_health_s = now + self.config.health.interval_s
             if now >= next_status_s:
-                line = self.status_line()
-                self._on_status(line)
-                if status_interval_s:
-                    log.info("%s", line)
-                next_status_s = now + (status_interval_s or 1.0)
+                self.notifier.status(self.status_line())
+                next_status_s = now + STATUS_PERIOD_S
+            if now >= next_log_s:
+                log.info("%s", self.status_line())
+                next_log_s = now + (self.config.logging.status_interval_s or float("inf"))
 
     # -- reporting -----------------------------------------------------------------------------
 
     def status_line(self) -> str:
+        """One human line for logs and systemd's STATUS=, e.g. `running cpu 9.8 fps mqtt=connected`."""
         state, reason = self.run_state.current()
         c = self.stats.counters
-        uptime = max(1e-9, time.monotonic() - self.stats.started_monotonic_s)
+        fps = self._status_rates.rates(c)["inference"]
         latency = self.stats.capture_to_publish_ms.percentiles()
         mqtt = "connected" if self.publisher.stats.connected else "disconnected"
-        p50 = f"{latency['p50']:.1f}ms" if latency["p50"] is not None else "-"
-        line = (
-            f"{state} {self.components.backend.kind} {c.frames_inferred / uptime:.1f} fps "
-            f"latency p50 {p50} published {c.frames_published} mqtt={mqtt}"
-        )
+        p50 = f" latency p50 {latency['p50']:.1f}ms" if latency["p50"] is not None else ""
+        line = f"{state} {self.inference.backend.kind} {fps:.1f} fps{p50} published {c.frames_published} mqtt={mqtt}"
         return f"{line} ({reason})" if reason else line
 
     def health_report(self) -> HealthReport:
         stats = self.stats
         c = stats.counters
         state, reason = self.run_state.current()
-        components = self.components
+        inference = self.inference
         return HealthReport(
             device_id=self.config.device_id,
             timestamp_s=time.time(),
@@ -288,13 +390,13 @@ class Daemon:
             version=__version__,
             state=state,
             state_reason=reason,
-            runtime=components.backend.runtime.name,
-            runtime_version=components.backend.runtime.version,
-            backend=components.backend.kind,
-            backend_reason=components.backend_reason,
-            model=components.stage.model_name,
-            source=components.source.description,
-            num_threads=components.num_threads,
+            runtime=inference.backend.runtime.name,
+            runtime_version=inference.backend.runtime.version,
+            backend=inference.backend.kind,
+            backend_reason=inference.backend_reason,
+            model=inference.stage.model_name,
+            source=self.source.description,
+            num_threads=inference.num_threads,
             fps=self._rates.rates(c),
             latency_ms={
                 "inference": stats.inference_ms.percentiles(),
@@ -312,6 +414,7 @@ class Daemon:
                 "frames_failed": c.frames_failed,
                 "publish_failed": c.publish_failed,
                 "source_reopens": c.source_reopens,
+                "camera_frames_skipped": self.source.frames_skipped,
             },
             mqtt={
                 "connected": self.publisher.stats.connected,
@@ -325,4 +428,4 @@ class Daemon:
 
     def _publish_health(self) -> None:
         payload = encode(health_payload(self.health_report()))
-        self.publisher.publish_retained_state(self.topics.health, payload, self.config.mqtt.qos.health)
+        self.publisher.publish_retained_state(self.publisher.topics.health, payload, self.config.mqtt.qos.health)

@@ -43,6 +43,11 @@ class FrameSource(Protocol):
     @property
     def delivery(self) -> Delivery: ...
 
+    @property
+    def frames_skipped(self) -> int:
+        """Frames the source itself discarded to stay fresh (a camera's stale queued buffers)."""
+        ...
+
     def open(self) -> None: ...
 
     def read(self) -> Frame | None:

@@ -45,6 +45,8 @@ class DemoSource:
         self._pacer = FramePacer(fps)
         self._index = 0
 
+    frames_skipped = 0
+
     @property
     def description(self) -> str:
         return f"demo ({len(self.photos)} photos, {self.width_px}x{self.height_px} @ {self.fps:g} fps)"

@@ -40,6 +40,8 @@ class ImagesSource:
         self._paths: list[Path] = []
         self._index = 0
 
+    frames_skipped = 0
+
     @property
     def description(self) -> str:
         return f"images:{self.pattern}"

@@ -26,6 +26,8 @@ class VideoFileSource:
         self._capture: Any = None
         self._index = 0
 
+    frames_skipped = 0
+
     @property
     def description(self) -> str:
         return f"file:{self.path}"
@@ -71,6 +73,8 @@ class CaptureDeviceSource:
         self.fps = fps
         self._capture: Any = None
         self._index = 0
+
+    frames_skipped = 0
 
     @property
     def description(self) -> str:

@@ -37,6 +37,8 @@ class Picamera2Source:
         self._module = picamera2_module
         self._transform_class = transform_class
 
+    frames_skipped = 0
+
     @property
     def description(self) -> str:
         return f"picamera2 camera {self.camera.index}"

@@ -29,6 +29,8 @@ class SyntheticSource:
     def delivery(self) -> Delivery:
         return "live" if self._pacer is not None else "on_demand"
 
+    frames_skipped = 0
+
     @property
     def description(self) -> str:
         rate = f"{self.fps:g} fps" if self.fps else "unpaced"

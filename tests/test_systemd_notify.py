@@ -1,0 +1,262 @@
+"""sd_notify over a real NOTIFY_SOCKET datagram socket, the watchdog, signals and SIGHUP reload."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgepose.systemd import Notifier, WatchdogGate, under_journald
+from tests.conftest import Broker, edgepose_command, edgepose_env
+
+
+class NotifySocket:
+    """What systemd does: bind a datagram socket and record each message with its arrival time."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.time(), data.decode()))
+
+    def lines(self, key: str) -> list[tuple[float, str]]:
+        return [(t, line) for t, message in list(self.messages) for line in message.split("\n") if line.startswith(key)]
+
+    def wait_for(self, key: str, count: int = 1, timeout_s: float = 20) -> list[tuple[float, str]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(self.lines(key)) < count:
+            time.sleep(0.02)
+        return self.lines(key)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifySocket]:
+    address = (
+        str(tmp_path / "notify.sock") if request.param == "path" else f"@edgepose-test-{os.getpid()}-{id(tmp_path)}"
+    )
+    listener = NotifySocket(address)
+    yield listener
+    listener.close()
+
+
+def _start(broker: Broker, model_dir: Path, notify: NotifySocket, *args: str, **env: str) -> subprocess.Popen[str]:
+    command = edgepose_command(
+        "run", "--set", f"mqtt.port={broker.port}", "--set", f"mqtt.host={broker.host}", "--set", "device_id=sd", *args
+    )
+    return subprocess.Popen(
+        command,
+        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str, float]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    return process.returncode, stderr, time.monotonic() - started
+
+
+def test_ready_status_watchdog_stopping_and_sigterm(
+    broker: Broker, subscribe: Any, model_dir: Path, notify_socket: NotifySocket
+) -> None:
+    collector = subscribe(broker)
+    process = _start(broker, model_dir, notify_socket, "--set", "camera.source=synthetic:30", WATCHDOG_USEC="400000")
+    try:
+        (ready_at, _), *_ = notify_socket.wait_for("READY=1")
+        first = json.loads(collector.wait_for("sd/keypoints", 1, timeout_s=10)[0])
+        # READY only after a frame went through the model: that frame was captured before READY.
+        assert first["timestamp"] <= ready_at
+        time.sleep(2.0)
+        pings = [t for t, _ in notify_socket.lines("WATCHDOG=1")]
+        # Half of WATCHDOG_USEC = 0.2 s: about 10 pings in 2 s of steady frames.
+        assert len(pings) >= 6, pings
+        assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4
+        status = notify_socket.wait_for("STATUS=running")
+        assert any("fps" in line and "mqtt=connected" in line for _, line in status), status
+    finally:
+        code, stderr, took_s = _stop(process)
+    assert code == 0, stderr
+    assert took_s < 2.0, f"SIGTERM took {took_s:.2f}s"
+    assert notify_socket.wait_for("STOPPING=1", timeout_s=2)
+    late = subscribe(broker)
+    assert [p.decode() for p in late.wait_for("sd/status", 1, timeout_s=3)] == ["offline"]
+
+
+def test_no_watchdog_pings_while_the_source_is_stalled(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """A source delivering one frame every 4 s: after each frame, pings stop until the next frame."""
+    notify = NotifySocket(str(tmp_path / "n.sock"))
+    process = _start(broker, model_dir, notify, "--set", "camera.source=synthetic:0.25", WATCHDOG_USEC="500000")
+    try:
+        (ready_at, _), *_ = notify.wait_for("READY=1")
+        time.sleep(6.5)  # frames at ~0 s, ~4 s: two bursts of progress, each worth at most one ping
+        pings = [t - ready_at for t, _ in notify.lines("WATCHDOG=1")]
+    finally:
+        code, stderr, _ = _stop(process)
+        notify.close()
+    assert code == 0, stderr
+    # One ping per inferred frame at most, never a steady 0.25 s rhythm through the stall.
+    assert 1 <= len(pings) <= 3, pings
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert all(gap > 3.0 for gap in gaps), pings
+
+
+def test_sighup_applies_a_valid_change_and_survives_an_invalid_file(
+    broker: Broker, subscribe: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "edgepose.yaml"
+    config.write_text(
+        f"device_id: hup\ncamera:\n  source: synthetic:20\nmqtt:\n  host: {broker.host}\n  port: {broker.port}\n"
+        "health:\n  interval_s: 60\n"
+    )
+    notify = NotifySocket(str(tmp_path / "n.sock"))
+    collector = subscribe(broker)
+    process = subprocess.Popen(
+        edgepose_command("run", "-c", str(config)),
+        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        notify.wait_for("READY=1")
+        assert len(collector.wait_for("hup/health", 1, timeout_s=5)) == 1
+        time.sleep(1.0)
+        assert len(collector.on("hup/health")) == 1, "health interval 60 s: no second message yet"
+
+        config.write_text(config.read_text().replace("interval_s: 60", "interval_s: 0.3"))
+        process.send_signal(signal.SIGHUP)
+        assert notify.wait_for("RELOADING=1", timeout_s=5)
+        assert len(notify.wait_for("READY=1", count=2, timeout_s=5)) == 2
+        health = collector.wait_for("hup/health", 6, timeout_s=5)
+        assert len(health) >= 6, "the new health interval was not applied"
+
+        config.write_text(config.read_text() + "bogus_section: 1\n")
+        process.send_signal(signal.SIGHUP)
+        assert len(notify.wait_for("RELOADING=1", count=2, timeout_s=5)) == 2
+        time.sleep(0.5)
+        assert process.poll() is None, "an invalid config on SIGHUP must not stop the daemon"
+        before = len(collector.on("hup/keypoints"))
+        time.sleep(0.5)
+        assert len(collector.on("hup/keypoints")) > before, "keypoints stopped after a rejected reload"
+    finally:
+        code, stderr, _ = _stop(process)
+        notify.close()
+    assert code == 0, stderr
+    assert "reload rejected, keeping the running config" in stderr
+    assert "bogus_section: unknown key" in stderr
+
+
+def test_notifier_is_silent_without_notify_socket() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled and notifier.watchdog_interval_s is None
+    assert notifier.send("READY=1") is False
+
+
+def test_watchdog_usec_for_another_pid_is_ignored() -> None:
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+    own = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
+    assert own.watchdog_interval_s == 1.0
+
+
+def test_watchdog_gate_needs_progress_between_pings() -> None:
+    gate = WatchdogGate(interval_s=1.0)
+    assert not gate.due(0.0, None)  # nothing inferred yet
+    assert gate.due(0.1, 0.05)
+    assert not gate.due(0.3, 0.25)  # too soon: half the interval is 0.5 s
+    assert gate.due(0.7, 0.65)
+    assert not gate.due(1.3, 0.65)  # no inference since the last ping: stalled
+    assert not gate.due(5.0, 0.65)
+    assert gate.due(5.1, 5.05)  # frames again
+
+
+def test_under_journald_matches_stderr_device_and_inode() -> None:
+    stat = os.fstat(2)
+    assert under_journald({"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"})
+    assert not under_journald({"JOURNAL_STREAM": "1:2"})
+    assert not under_journald({})
+
+
+@pytest.mark.parametrize("use_library", [False, True])
+def test_notifier_sends_real_datagrams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_library: bool) -> None:
+    if use_library:
+        pytest.importorskip("systemd.daemon", reason="systemd-python not installed (optional extra)")
+    listener = NotifySocket(str(tmp_path / "n.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    notifier = Notifier(use_library=use_library)
+    assert notifier.via == ("systemd-python" if use_library else "socket")
+    notifier.ready("running cpu 1.0 fps")
+    notifier.reloading()
+    notifier.stopping()
+    try:
+        assert listener.wait_for("READY=1", timeout_s=2)
+        assert listener.wait_for("STATUS=running cpu 1.0 fps", timeout_s=2)
+        assert listener.wait_for("MONOTONIC_USEC=", timeout_s=2)
+        assert listener.wait_for("STOPPING=1", timeout_s=2)
+    finally:
+        notifier.close()
+        listener.close()
+
+
+def test_logs_go_to_journald_only_when_stderr_is_the_journal(broker: Broker, model_dir: Path) -> None:
+    """With JOURNAL_STREAM naming our stderr, every line carries a syslog priority prefix for journald."""
+    try:
+        import systemd.journal  # noqa: F401
+
+        pytest.skip("systemd-python present: it logs to the journald socket, which this machine lacks")
+    except ImportError:
+        pass
+    read_fd, write_fd = os.pipe()
+    stat = os.fstat(write_fd)
+    command = edgepose_command(
+        "run",
+        "--max-frames",
+        "3",
+        "--set",
+        "camera.source=synthetic",
+        "--set",
+        f"mqtt.port={broker.port}",
+        "--set",
+        f"mqtt.host={broker.host}",
+    )
+    env = edgepose_env(model_dir, JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
+    process = subprocess.Popen(command, env=env, stderr=write_fd, stdout=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as stream:
+        output = stream.read()
+    assert process.wait(30) == 0, output
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("INFO: Created TensorFlow")]
+    assert lines, output
+    assert all(line[0] == "<" and line[2] == ">" for line in lines), lines
+    assert any(line.startswith("<4>edgepose.daemon: model.num_threads") or line.startswith("<6>") for line in lines)
