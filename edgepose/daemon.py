@@ -18,14 +18,13 @@ from edgepose import __version__
 from edgepose.config import Config, read_mqtt_password
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader
-from edgepose.inference.movenet import SinglePoseEstimator
 from edgepose.inference.runtime import (
     InterpreterBackend,
     effective_threads,
     load_runtime,
     open_cpu_backend,
 )
-from edgepose.inference.stage import SinglePoseStage
+from edgepose.inference.stage import Mode, PoseStage, build_stage
 from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
 from edgepose.mqtt.payloads import HealthReport, encode, health_payload
 from edgepose.mqtt.publisher import MqttPublisher
@@ -72,7 +71,7 @@ class Inference:
     """The model side, rebuilt when the `model` section changes."""
 
     backend: InterpreterBackend
-    stage: SinglePoseStage
+    stage: PoseStage
     model: ResolvedModel
     num_threads: int
     backend_reason: str | None
@@ -87,7 +86,8 @@ def build_inference(config: Config) -> Inference:
         log.warning(warning)
     backend = open_cpu_backend(model.path, runtime, threads)
     model_name = model.spec.name if model.spec else model.path.stem
-    stage = SinglePoseStage(SinglePoseEstimator(backend), model_name, config.model.score_threshold)
+    mode: Mode = "stills" if config.camera.source.startswith("images:") else "video"
+    stage = build_stage(backend, model_name, config.model, mode)
     return Inference(backend, stage, model, threads, "model.backend: cpu")
 
 

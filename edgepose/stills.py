@@ -1,4 +1,5 @@
-"""`edgepose infer`: poses in still images, with the same estimator the daemon uses."""
+"""`edgepose infer`: poses in still images, with the same stages the daemon uses (in stills mode:
+a first pass on the letterbox, then further passes on the crop it finds while the score improves)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from edgepose.config import Config
-from edgepose.inference.movenet import RawEstimate, SinglePoseEstimator
+from edgepose.health import PipelineStats
 from edgepose.inference.runtime import effective_threads, load_runtime, open_cpu_backend
+from edgepose.inference.stage import build_stage
 from edgepose.models import default_model_dir, load_manifest, resolve_model
-from edgepose.pose import KEYPOINT_NAMES
+from edgepose.pose import Pose
+from edgepose.sources.base import Frame, now_stamps
 from edgepose.sources.images import read_rgb
 
 
@@ -20,29 +23,31 @@ class StillResult:
     image: Path
     width_px: int
     height_px: int
-    estimate: RawEstimate
+    pose: Pose | None
 
     def as_json(self) -> dict[str, Any]:
-        keypoints = self.estimate.keypoints
+        keypoints = self.pose.keypoints if self.pose is not None else ()
         return {
             "image": str(self.image),
             "width": self.width_px,
             "height": self.height_px,
             "keypoints": [
                 {
-                    "name": name,
-                    "x_px": round(float(keypoints[i, 1]) * self.width_px, 1),
-                    "y_px": round(float(keypoints[i, 0]) * self.height_px, 1),
-                    "x": round(float(keypoints[i, 1]), 4),
-                    "y": round(float(keypoints[i, 0]), 4),
-                    "score": round(float(keypoints[i, 2]), 3),
+                    "name": k.name,
+                    "x_px": round(k.x * self.width_px, 1),
+                    "y_px": round(k.y * self.height_px, 1),
+                    "x": round(k.x, 4),
+                    "y": round(k.y, 4),
+                    "score": round(k.score, 3),
                 }
-                for i, name in enumerate(KEYPOINT_NAMES)
+                for k in keypoints
             ],
         }
 
     def as_text(self) -> str:
         lines = [f"{self.image} ({self.width_px}x{self.height_px}):"]
+        if self.pose is None:
+            lines.append("  no pose found")
         for point in self.as_json()["keypoints"]:
             lines.append(
                 f"  {point['name']:15} x={point['x_px']:7.1f} y={point['y_px']:7.1f} score={point['score']:.2f}"
@@ -55,7 +60,13 @@ def infer_images(config: Config, images: Sequence[Path], model_name: str | None 
     model = resolve_model(model_name or config.model.name, default_model_dir(config.model.dir), manifest)
     threads, _ = effective_threads(config.model.num_threads)
     backend = open_cpu_backend(model.path, load_runtime(config.model.runtime), threads)
-    estimator = SinglePoseEstimator(backend)
-    for path in images:
+    # Threshold 0: `infer` reports the best pose whatever its score; the score is in the output.
+    model_config = config.model.model_copy(update={"score_threshold": 0.0})
+    stage = build_stage(backend, model.spec.name if model.spec else model.path.stem, model_config, "stills")
+    stats = PipelineStats()
+    for index, path in enumerate(images):
         image = read_rgb(path)
-        yield StillResult(path, image.shape[1], image.shape[0], estimator.estimate(image))
+        wall, mono = now_stamps()
+        result = stage.process(Frame(image, wall, mono, index), stats)
+        best = max(result.poses, key=lambda p: p.score, default=None)
+        yield StillResult(path, image.shape[1], image.shape[0], best)

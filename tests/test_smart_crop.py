@@ -1,0 +1,95 @@
+"""Smart crop with the real model: a person small in a wide frame is found as well as in a tight photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgepose.crop import refine_crops
+from edgepose.health import PipelineStats
+from edgepose.inference.movenet import SinglePoseEstimator
+from edgepose.inference.runtime import load_runtime, open_cpu_backend
+from edgepose.inference.stage import SinglePoseStage
+from edgepose.sources.base import Frame
+from edgepose.sources.images import read_rgb
+from tests.conftest import TruthImage
+
+CANVAS_H, CANVAS_W = 720, 1280
+PERSON_H = 240  # a third of the frame height
+
+
+@pytest.fixture(scope="module")
+def estimator(lightning_path: Path) -> SinglePoseEstimator:
+    return SinglePoseEstimator(open_cpu_backend(lightning_path, load_runtime("auto"), num_threads=2))
+
+
+def _small(truth: TruthImage) -> tuple[np.ndarray, float]:
+    photo = read_rgb(truth.path)
+    scale = PERSON_H / photo.shape[0]
+    small = cv2.resize(photo, (round(photo.shape[1] * scale), PERSON_H), interpolation=cv2.INTER_AREA)
+    return small, scale
+
+
+def _canvas(small: np.ndarray, x: int, y: int) -> np.ndarray:
+    canvas = np.full((CANVAS_H, CANVAS_W, 3), 100, np.uint8)
+    canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
+    return canvas
+
+
+def _error_photo_px(keypoints: np.ndarray, truth: TruthImage, scale: float, x: int, y: int) -> float:
+    """L-inf error in the original photo's pixels, so it compares with the 21 px upstream criterion."""
+    pixels = np.stack([keypoints[:, 1] * CANVAS_W, keypoints[:, 0] * CANVAS_H], axis=1)
+    return float(np.abs(pixels - (truth.keypoints_px * scale + [x, y])).max() / scale)
+
+
+def test_smart_crop_beats_letterbox_from_the_second_frame(
+    estimator: SinglePoseEstimator, truth_images: list[TruthImage]
+) -> None:
+    for truth in truth_images:
+        small, scale = _small(truth)
+        stage = SinglePoseStage(estimator, "lightning", score_threshold=0.0, smart_crop=True, mode="video")
+        smart_errors, letterbox_errors = [], []
+        for index in range(8):
+            x, y = 300 + 12 * index, 300  # the person walks slowly to the right
+            canvas = _canvas(small, x, y)
+            result = stage.process(Frame(canvas, index / 30, index / 30, index), PipelineStats())
+            smart = np.array([[k.y, k.x, k.score] for k in result.poses[0].keypoints])
+            smart_errors.append(_error_photo_px(smart, truth, scale, x, y))
+            letterbox_errors.append(_error_photo_px(estimator.estimate(canvas).keypoints, truth, scale, x, y))
+            if index >= 1:
+                assert result.crop is not None and result.crop.xmax - result.crop.xmin < 0.6
+        print(
+            f"\n{truth.path.name}: max error (photo px) smart crop {np.round(smart_errors, 1).tolist()}"
+            f" vs letterbox {np.round(letterbox_errors, 1).tolist()}"
+        )
+        assert smart_errors[0] == pytest.approx(letterbox_errors[0])  # frame 0 is a letterbox by design
+        for index in range(1, 8):
+            assert smart_errors[index] < letterbox_errors[index], index
+        assert np.mean(smart_errors[2:]) < 0.5 * np.mean(letterbox_errors[2:])
+
+
+@pytest.mark.parametrize("where", ["top_left", "centre", "bottom_right"])
+def test_still_image_refinement_finds_a_small_person_anywhere(
+    estimator: SinglePoseEstimator, truth_images: list[TruthImage], where: str
+) -> None:
+    """Refinement on a still: within 32 photo px (1.5x the tight-photo criterion: the person has 3x
+    fewer pixels here, so each model pixel is 3x coarser in photo terms); plain letterbox misses by
+    60-120 px on the same canvases."""
+    for truth in truth_images:
+        small, scale = _small(truth)
+        x, y = {
+            "top_left": (0, 0),
+            "centre": (500, 200),
+            "bottom_right": (CANVAS_W - small.shape[1], CANVAS_H - small.shape[0]),
+        }[where]
+        canvas = _canvas(small, x, y)
+        refined = refine_crops(lambda box: estimator.estimate(canvas, box).keypoints, CANVAS_H, CANVAS_W)
+        error = _error_photo_px(refined.keypoints, truth, scale, x, y)
+        plain = _error_photo_px(estimator.estimate(canvas).keypoints, truth, scale, x, y)
+        print(f"\n{truth.path.name} at {where}: refined {error:.1f} px in {refined.passes} passes, letterbox {plain:.1f}")
+        assert refined.passes >= 2
+        assert error <= 32.0
+        assert error < plain
