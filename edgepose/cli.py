@@ -58,6 +58,29 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", type=Path)
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
+    bench = commands.add_parser("bench", help="measure raw invoke speed against the whole pipeline")
+    bench.add_argument("--model", default="movenet_lightning_int8", help="manifest name or .tflite path")
+    bench.add_argument(
+        "--runtime",
+        action="append",
+        choices=["auto", "litert", "tflite"],
+        dest="runtimes",
+        help="repeatable (default: auto)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="thread counts to try (default: the machine's core count)",
+    )
+    bench.add_argument("--frames", type=int, default=2000, help="frames per pipeline run (default 2000)")
+    bench.add_argument("--source", default="synthetic", help="synthetic (default) or file:PATH")
+    bench.add_argument("--paced-fps", type=float, default=30.0, help="also run a source paced at this rate (0: skip)")
+    bench.add_argument("--mqtt", metavar="HOST:PORT", help="broker to use (default: a private mosquitto)")
+    bench.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
     models = commands.add_parser("models", help="list and fetch models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     model_commands.add_parser("list", help="models in the manifest and whether they are fetched")
@@ -103,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_config_check(args)
         if args.command == "models":
             return _cmd_models(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"edgepose: config error: {problem}", file=sys.stderr)
@@ -172,6 +197,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             print(json.dumps(result.as_json()), flush=True)
         else:
             print(result.as_text(), flush=True)
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgepose.bench import run
+
+    if args.frames < 10:
+        raise ConfigError([f"--frames {args.frames}: must be at least 10"])
+    threads = args.threads or [os.cpu_count() or 1]
+    run(args.model, args.runtimes or ["auto"], threads, args.frames, args.source, args.mqtt, args.paced_fps, args.json)
     return EXIT_OK
 
 

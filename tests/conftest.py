@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+from edgepose.localbroker import LocalBroker, mosquitto_binary
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEPOSE_SHARED_DIR", REPO.parent / "shared"))
@@ -76,55 +76,18 @@ def truth_images() -> list[TruthImage]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Broker:
-    """A real mosquitto on 127.0.0.1:port, startable and stoppable by the test."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
-        self._conf = workdir / "mosquitto.conf"
-        self._conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self._log = workdir / "mosquitto.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen([binary, "-c", str(self._conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start: {self._log.read_text()}")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(5)
-            self._process = None
-
-
-def _mosquitto_available() -> bool:
-    return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+class Broker(LocalBroker):
+    """A real mosquitto on a free loopback port, startable and stoppable by the test."""
 
 
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Any]:
-    if not _mosquitto_available():
+    if mosquitto_binary() is None:
         pytest.fail("mosquitto is not installed (apt install mosquitto); .ci/run installs it")
     brokers: list[Broker] = []
 
     def make(start: bool = True) -> Broker:
-        broker = Broker(free_port(), tmp_path)
+        broker = Broker(workdir=tmp_path / f"broker{len(brokers)}")
         brokers.append(broker)
         if start:
             broker.start()
