@@ -31,11 +31,15 @@ from edgepose.mqtt.publisher import MqttPublisher
 from edgepose.mqtt.topics import Topics
 from edgepose.pipeline import (
     CaptureLoop,
+    EndOfStream,
     FrameFeed,
-    InferenceLoop,
-    InferenceResult,
+    HandOff,
     InlineFeed,
+    InvokeClock,
+    Invoked,
+    InvokeLoop,
     LatestFrameSlot,
+    PrepareLoop,
     PublishLoop,
     SequentialSlot,
 )
@@ -45,7 +49,7 @@ from edgepose.systemd import Notifier, WatchdogGate
 
 log = logging.getLogger(__name__)
 
-RESULT_QUEUE_DEPTH = 32
+INVOKED_QUEUE_DEPTH = 8
 JOIN_TIMEOUT_S = 1.5
 SUPERVISE_TICK_S = 0.1
 STATUS_PERIOD_S = 2.0
@@ -108,9 +112,10 @@ def build_publisher(config: Config) -> MqttPublisher:
 class PipelineThreads:
     """The threads of one pipeline run; a reload stops them, swaps components, starts new ones."""
 
-    stop: threading.Event
-    publish_stop: threading.Event
-    inference: InferenceLoop
+    stop: threading.Event  # capture and prepare stop taking frames
+    invoke_stop: threading.Event  # the interpreter finishes what was handed to it
+    publish_stop: threading.Event  # publishing drains what was inferred
+    prepare: PrepareLoop
     threads: list[threading.Thread]
 
 
@@ -137,7 +142,6 @@ class Daemon:
         self._status_rates = RateMeter()
         self._system = SystemReader()
         self._failure: BaseException | None = None
-        self._results: queue.Queue[InferenceResult] = queue.Queue(maxsize=RESULT_QUEUE_DEPTH)
         self._seq = 0
         self._ready_sent = False
         self._watchdog = WatchdogGate(self.notifier.watchdog_interval_s) if self.notifier.watchdog_interval_s else None
@@ -169,8 +173,8 @@ class Daemon:
             self._supervise()
             self._stop_pipeline(pipeline)
             if self.stop_event.is_set():
-                if pipeline.inference.finished_reason:
-                    log.info("finished: %s", pipeline.inference.finished_reason)
+                if pipeline.prepare.finished_reason:
+                    log.info("finished: %s", pipeline.prepare.finished_reason)
                 elif getattr(self, "_stop_reason", None):
                     log.info("stopping: %s", self._stop_reason)
                 break
@@ -193,48 +197,62 @@ class Daemon:
         )
 
     def _start_pipeline(self) -> PipelineThreads:
+        """capture -> prepare -> invoke -> finish+publish, one thread each (capture only for live/file)."""
         config = self.config
         stop = threading.Event()
+        invoke_stop = threading.Event()
         publish_stop = threading.Event()
         feed, capture = self._make_feed(self.source, stop)
-        inference = InferenceLoop(
-            feed,
-            self.inference.stage,
-            self._results,
-            self.stats,
-            self.max_frames,
-            config.publish.max_fps,
-            on_first_inference=self._first_inference,
-            publish_empty=config.publish.include_empty,
-        )
+        stage = self.inference.stage
+        hand_off = HandOff()
+        clock = InvokeClock()
+        invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue(maxsize=INVOKED_QUEUE_DEPTH)
+        prepare = PrepareLoop(feed, stage, hand_off, clock, self.stats, self._frames_left())
+        invoke = InvokeLoop(stage, hand_off, clock, invoked, self.stats, self._first_inference)
         publish = PublishLoop(
-            self._results,
+            invoked,
+            stage,
             self.publisher,
             self.publisher.topics.keypoints,
             config.mqtt.qos.keypoints,
             config.device_id,
             self.stats,
             enabled=config.publish.keypoints,
+            max_publish_fps=config.publish.max_fps,
+            publish_empty=config.publish.include_empty,
         )
         publish.seq = self._seq
         self._publish_loop = publish
-        threads = [self._thread("publish", publish.run, publish_stop)]
+        threads = []
         if capture is not None:
             threads.append(self._thread("capture", capture.run, stop))
-        threads.append(self._thread("inference", inference.run, stop, stop_daemon_when_done=True))
+        threads += [
+            self._thread("prepare", prepare.run, stop, stop_daemon_when_done=True),
+            self._thread("invoke", invoke.run, invoke_stop),
+            self._thread("publish", publish.run, publish_stop),
+        ]
         for thread in threads:
             thread.start()
-        return PipelineThreads(stop, publish_stop, inference, threads)
+        return PipelineThreads(stop, invoke_stop, publish_stop, prepare, threads)
+
+    def _frames_left(self) -> int | None:
+        if self.max_frames is None:
+            return None
+        return max(0, self.max_frames - self.stats.counters.frames_inferred)
 
     def _stop_pipeline(self, pipeline: PipelineThreads) -> None:
-        """Stop capture and inference, then let publishing drain what was already inferred."""
+        """Stop taking frames, then let invoke and publish drain what is already in flight."""
         pipeline.stop.set()
-        for thread in pipeline.threads:
-            if thread.name != "edgepose-publish":
-                thread.join(JOIN_TIMEOUT_S)
+        by_name = {thread.name.removeprefix("edgepose-"): thread for thread in pipeline.threads}
+        for name in ("capture", "prepare"):
+            if name in by_name:
+                by_name[name].join(JOIN_TIMEOUT_S)
+        # In order: what the interpreter still holds is inferred, then everything inferred is published.
+        pipeline.invoke_stop.set()
+        by_name["invoke"].join(JOIN_TIMEOUT_S)
         pipeline.publish_stop.set()
+        by_name["publish"].join(JOIN_TIMEOUT_S)
         for thread in pipeline.threads:
-            thread.join(JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.warning("thread %s did not stop within %.1fs", thread.name, JOIN_TIMEOUT_S)
         self._seq = self._publish_loop.seq

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from edgepose.errors import EdgeposeError, SourceError
 from edgepose.health import PipelineStats
+from edgepose.inference.stage import InferenceResult, PoseStage, Prepared
 from edgepose.mqtt.payloads import KeypointsMessage, encode, keypoints_payload
-from edgepose.pose import CropBox, Pose
 from edgepose.sources.base import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -153,90 +155,184 @@ class CaptureLoop:
             log.warning("reopening %s failed: %s", self.source.description, exc)
 
 
-@dataclass(frozen=True)
-class InferenceResult:
-    frame_timestamp_s: float
-    frame_monotonic_s: float
-    frame_width_px: int
-    frame_height_px: int
-    poses: tuple[Pose, ...]
-    crop: CropBox | None
-    smoothed: bool
-    inference_ms: float
-    model: str
-    backend: str
+@dataclass(frozen=True, eq=False)
+class Invoked:
+    """A prepared frame with the interpreter's raw outputs, on its way to finish + publish."""
+
+    prepared: Prepared
+    outputs: list[np.ndarray]
+    invoke_ms: float
 
 
-class PoseStage(Protocol):
-    """What the inference loop calls for each frame (the estimator plus crop/smoothing state)."""
+class InvokeClock:
+    """When the current invoke started and how long invokes take, so the next frame is prepared
+    just before the interpreter is free: fresh (low latency) yet ready (no idle interpreter)."""
 
-    @property
-    def model_name(self) -> str: ...
+    def __init__(self) -> None:
+        self.started_s: float | None = None
+        self.invoke_ema_s = 0.0
+        self.prepare_ema_s = 0.0
 
-    @property
-    def backend_kind(self) -> str: ...
+    def invoke_started(self, now_s: float) -> None:
+        self.started_s = now_s
 
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult: ...
+    def invoke_done(self, duration_s: float) -> None:
+        self.started_s = None
+        self.invoke_ema_s = duration_s if not self.invoke_ema_s else 0.9 * self.invoke_ema_s + 0.1 * duration_s
+
+    def prepared(self, duration_s: float) -> None:
+        self.prepare_ema_s = duration_s if not self.prepare_ema_s else 0.9 * self.prepare_ema_s + 0.1 * duration_s
+
+    def prepare_due_s(self) -> float | None:
+        """perf_counter time to start preparing the next frame, or None for now."""
+        started = self.started_s
+        if started is None or not self.invoke_ema_s:
+            return None
+        return started + self.invoke_ema_s - self.prepare_ema_s - PREPARE_MARGIN_S
 
 
-class InferenceLoop:
+# Slack for the thread wake-up between "prepared" and "invoke": too small and the interpreter idles.
+PREPARE_MARGIN_S = 0.0007
+
+
+class HandOff:
+    """One prepared input waiting for the interpreter; the producer waits until it is taken."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._item: Prepared | EndOfStream | None = None
+
+    def put(self, item: Prepared | EndOfStream, stop: threading.Event) -> bool:
+        with self._condition:
+            while self._item is not None:
+                if stop.is_set():
+                    return False
+                self._condition.wait(0.1)
+            self._item = item
+            self._condition.notify_all()
+            return True
+
+    def wait_taken(self, stop: threading.Event) -> None:
+        with self._condition:
+            while self._item is not None and not stop.is_set():
+                self._condition.wait(0.1)
+
+    def take(self, timeout_s: float) -> Prepared | EndOfStream | None:
+        with self._condition:
+            if self._item is None:
+                self._condition.wait(timeout_s)
+            item, self._item = self._item, None
+            self._condition.notify_all()
+            return item
+
+
+class PrepareLoop:
+    """Takes the freshest frame just in time and writes it into a free input tensor."""
+
     def __init__(
         self,
         feed: FrameFeed,
-        pose_stage: PoseStage,
-        results: queue.Queue[InferenceResult],
+        stage: PoseStage,
+        hand_off: HandOff,
+        clock: InvokeClock,
         stats: PipelineStats,
         max_frames: int | None,
-        max_publish_fps: float,
-        on_first_inference: Callable[[], None],
-        publish_empty: bool = True,
     ) -> None:
         self.feed = feed
-        self.pose_stage = pose_stage
-        self.results = results
+        self.stage = stage
+        self.hand_off = hand_off
+        self.clock = clock
         self.stats = stats
         self.max_frames = max_frames
-        self.min_publish_interval_s = 1.0 / max_publish_fps if max_publish_fps > 0 else 0.0
-        self._on_first_inference = on_first_inference
-        self.publish_empty = publish_empty
+        self.prepared_count = 0
         self.finished_reason: str | None = None
 
     def run(self, stop: threading.Event) -> None:
-        counters = self.stats.counters
-        next_publish_s = 0.0
+        # Two tensors: one is being copied into the interpreter while the other is filled.
+        tensors = [self.stage.new_input(), self.stage.new_input()]
         while not stop.is_set():
+            if self.max_frames is not None and self.prepared_count >= self.max_frames:
+                self.finished_reason = f"--max-frames {self.max_frames} reached"
+                self.hand_off.put(END_OF_STREAM, stop)
+                return
+            self.hand_off.wait_taken(stop)
+            due_s = self.clock.prepare_due_s()
+            if due_s is not None:
+                delay_s = due_s - time.perf_counter()
+                if 0 < delay_s < 1.0:
+                    time.sleep(delay_s)
             wait_start = time.perf_counter()
             item = self.feed.get(timeout_s=0.2)
             if item is None:
                 continue
             if isinstance(item, EndOfStream):
                 self.finished_reason = "end of source"
+                self.hand_off.put(END_OF_STREAM, stop)
                 return
-            self.stats.stages["capture_wait"].add((time.perf_counter() - wait_start) * 1e3)
+            begun = time.perf_counter()
+            self.stats.stages["capture_wait"].add((begun - wait_start) * 1e3)
             self.stats.frame_age_at_inference_ms.add((time.monotonic() - item.monotonic_s) * 1e3)
+            tensor = tensors[self.prepared_count % 2]
             try:
-                result = self.pose_stage.process(item, self.stats)
+                prepared = self.stage.prepare(item, tensor)
             except EdgeposeError as exc:
+                self.stats.counters.frames_failed += 1
+                log.error("preprocessing failed: %s", exc)
+                continue
+            tensors[self.prepared_count % 2] = prepared.tensor
+            self.clock.prepared(time.perf_counter() - begun)
+            if not self.hand_off.put(prepared, stop):
+                return
+            self.prepared_count += 1
+
+
+class InvokeLoop:
+    """The only thread that touches the interpreter: invoke back to back, hand outputs on."""
+
+    def __init__(
+        self,
+        stage: PoseStage,
+        hand_off: HandOff,
+        clock: InvokeClock,
+        invoked: queue.Queue[Invoked | EndOfStream],
+        stats: PipelineStats,
+        on_first_inference: Callable[[], None],
+    ) -> None:
+        self.stage = stage
+        self.hand_off = hand_off
+        self.clock = clock
+        self.invoked = invoked
+        self.stats = stats
+        self._on_first_inference = on_first_inference
+
+    def run(self, stop: threading.Event) -> None:
+        """Runs until the preparer says end of stream, or `stop` is set and nothing is waiting."""
+        counters = self.stats.counters
+        while True:
+            item = self.hand_off.take(timeout_s=0.1)
+            if item is None:
+                if stop.is_set():
+                    return
+                continue
+            if isinstance(item, EndOfStream):
+                self.invoked.put(item)
+                return
+            started = time.perf_counter()
+            self.clock.invoke_started(started)
+            try:
+                outputs = self.stage.invoke(item)
+            except EdgeposeError as exc:
+                self.clock.invoke_done(time.perf_counter() - started)
                 counters.frames_failed += 1
                 log.error("inference failed: %s", exc)
                 continue
+            duration_s = time.perf_counter() - started
+            self.clock.invoke_done(duration_s)
             counters.frames_inferred += 1
             self.stats.last_inference_monotonic_s = time.monotonic()
+            self.invoked.put(Invoked(item, outputs, duration_s * 1e3))
             if counters.frames_inferred == 1:
                 self._on_first_inference()
-            if not result.poses and not self.publish_empty:
-                pass
-            elif self.min_publish_interval_s and item.monotonic_s < next_publish_s:
-                counters.frames_dropped_throttle += 1
-            else:
-                next_publish_s = item.monotonic_s + self.min_publish_interval_s
-                try:
-                    self.results.put_nowait(result)
-                except queue.Full:
-                    counters.publish_failed += 1
-            if self.max_frames is not None and counters.frames_inferred >= self.max_frames:
-                self.finished_reason = f"--max-frames {self.max_frames} reached"
-                return
 
 
 class Publisher(Protocol):
@@ -244,44 +340,66 @@ class Publisher(Protocol):
 
 
 class PublishLoop:
-    """Turns results into keypoints messages; `seq` counts every message attempted, so gaps show loss."""
+    """Finishes each invoked frame (decode, crop, smoothing) and publishes it.
+
+    `seq` counts every keypoints message attempted, so gaps show loss to a subscriber.
+    """
 
     def __init__(
         self,
-        results: queue.Queue[InferenceResult],
+        invoked: queue.Queue[Invoked | EndOfStream],
+        stage: PoseStage,
         publisher: Publisher,
         topic: str,
         qos: int,
         device_id: str,
         stats: PipelineStats,
         enabled: bool = True,
+        max_publish_fps: float = 0.0,
+        publish_empty: bool = True,
     ) -> None:
-        self.results = results
+        self.invoked = invoked
+        self.stage = stage
         self.publisher = publisher
         self.topic = topic
         self.qos = qos
         self.device_id = device_id
         self.stats = stats
         self.enabled = enabled
+        self.min_publish_interval_s = 1.0 / max_publish_fps if max_publish_fps > 0 else 0.0
+        self.publish_empty = publish_empty
         self.seq = 0
+        self._next_publish_s = 0.0
 
     def run(self, stop: threading.Event) -> None:
-        """Runs until `stop` is set and the queue is drained, so nothing inferred is left behind."""
+        """Runs until end of stream, or `stop` is set and the queue is drained: nothing inferred is lost."""
         while True:
             try:
-                result = self.results.get(timeout=0.1)
+                item = self.invoked.get(timeout=0.1)
             except queue.Empty:
                 if stop.is_set():
                     return
                 continue
+            if isinstance(item, EndOfStream):
+                return
+            try:
+                result = self.stage.finish(item.prepared, item.outputs, item.invoke_ms, self.stats)
+            except EdgeposeError as exc:
+                self.stats.counters.frames_failed += 1
+                log.error("decoding failed: %s", exc)
+                continue
             self.publish_one(result)
 
     def publish_one(self, result: InferenceResult) -> None:
-        start = time.perf_counter()
         counters = self.stats.counters
-        if not self.enabled:
+        if not self.enabled or (not result.poses and not self.publish_empty):
             return
-        capture_to_publish_ms = (time.monotonic() - result.frame_monotonic_s) * 1e3
+        if self.min_publish_interval_s:
+            if result.frame_monotonic_s < self._next_publish_s:
+                counters.frames_dropped_throttle += 1
+                return
+            self._next_publish_s = result.frame_monotonic_s + self.min_publish_interval_s
+        start = time.perf_counter()
         message = KeypointsMessage(
             device_id=self.device_id,
             seq=self.seq,
@@ -291,7 +409,7 @@ class PublishLoop:
             model=result.model,
             backend=result.backend,
             inference_ms=result.inference_ms,
-            capture_to_publish_ms=capture_to_publish_ms,
+            capture_to_publish_ms=(time.monotonic() - result.frame_monotonic_s) * 1e3,
             poses=result.poses,
             crop=result.crop,
             smoothed=result.smoothed,
@@ -301,7 +419,7 @@ class PublishLoop:
             counters.frames_published += 1
             if self.stats.first_publish_monotonic_s is None:
                 self.stats.first_publish_monotonic_s = time.monotonic()
-            self.stats.capture_to_publish_ms.add(capture_to_publish_ms)
+            self.stats.capture_to_publish_ms.add((time.monotonic() - result.frame_monotonic_s) * 1e3)
         else:
             counters.publish_failed += 1
         self.stats.stages["publish"].add((time.perf_counter() - start) * 1e3)

@@ -54,7 +54,7 @@ def decode_singlepose(output: np.ndarray, box: CropBox) -> np.ndarray:
 
 
 class SinglePoseEstimator:
-    """Owns the reusable model-input buffer; one instance per backend, used from one thread."""
+    """MoveNet single-pose on a backend: fill an input tensor from a frame region, invoke, decode."""
 
     def __init__(self, backend: InferenceBackend) -> None:
         spec = backend.input_spec
@@ -66,18 +66,28 @@ class SinglePoseEstimator:
             raise ModelError(f"not a MoveNet single-pose model: outputs {shapes}, expected one [1, 1, 17, 3]")
         self.backend = backend
         self.input_size_px = spec.shape[1]
-        self._input = np.zeros(spec.shape, dtype=spec.dtype)
-        # Float MoveNet variants take 0..255 floats too, so a uint8 staging image serves every dtype.
-        self._staging = self._input[0] if spec.dtype == np.uint8 else np.zeros(spec.shape[1:], np.uint8)
+        self._input = self.new_input()
+        # Float MoveNet variants take 0..255 floats too: resize into uint8, then widen.
+        self._staging = None if spec.dtype == np.uint8 else np.zeros(spec.shape[1:], np.uint8)
+
+    def new_input(self) -> np.ndarray:
+        spec = self.backend.input_spec
+        return np.zeros(spec.shape, dtype=spec.dtype)
+
+    def prepare_into(self, frame: np.ndarray, box: CropBox | None, tensor: np.ndarray) -> CropBox:
+        """Write `box` of an RGB uint8 frame (default: the letterbox) into `tensor`; the effective box."""
+        if box is None:
+            box = letterbox_box(frame.shape[0], frame.shape[1])
+        if self._staging is None:
+            return crop_and_resize_into(frame, box, tensor[0])
+        effective = crop_and_resize_into(frame, box, self._staging)
+        tensor[0] = self._staging
+        return effective
 
     def estimate(self, frame: np.ndarray, box: CropBox | None = None) -> RawEstimate:
         """Run the model on `box` of an RGB uint8 frame (default: the letterboxed whole frame)."""
         start = time.perf_counter()
-        if box is None:
-            box = letterbox_box(frame.shape[0], frame.shape[1])
-        box = crop_and_resize_into(frame, box, self._staging)
-        if self._staging is not self._input[0]:
-            self._input[0] = self._staging
+        box = self.prepare_into(frame, box, self._input)
         prepared = time.perf_counter()
         (output,) = self.backend.invoke(self._input)
         invoked = time.perf_counter()

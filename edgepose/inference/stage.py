@@ -8,7 +8,9 @@ own tensors, so a .tflite path works without naming its family.
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -18,7 +20,7 @@ from edgepose.crop import CropRegionTracker, refine_crops
 from edgepose.errors import ModelError
 from edgepose.geometry import box_to_frame, crop_and_resize_into, letterbox_box
 from edgepose.health import PipelineStats
-from edgepose.inference.movenet import SinglePoseEstimator, StageTimings, keypoints_to_pose
+from edgepose.inference.movenet import SinglePoseEstimator, decode_singlepose, keypoints_to_pose
 from edgepose.inference.multipose import (
     decode_multipose,
     detections_to_frame,
@@ -27,7 +29,6 @@ from edgepose.inference.multipose import (
 )
 from edgepose.inference.posenet import decode_single_pose, posenet_preprocess_into
 from edgepose.inference.runtime import InferenceBackend
-from edgepose.pipeline import InferenceResult
 from edgepose.pose import NUM_KEYPOINTS, BoundingBox, CropBox, Pose
 from edgepose.smoothing import KeypointSmoother, OneEuroParams
 from edgepose.sources.base import Frame
@@ -37,14 +38,106 @@ Mode = Literal["video", "stills"]
 Family = Literal["movenet_singlepose", "movenet_multipose", "posenet"]
 
 
+@dataclass(frozen=True)
+class InferenceResult:
+    frame_timestamp_s: float
+    frame_monotonic_s: float
+    frame_width_px: int
+    frame_height_px: int
+    poses: tuple[Pose, ...]
+    crop: CropBox | None
+    smoothed: bool
+    inference_ms: float
+    model: str
+    backend: str
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A frame written into a model input tensor, waiting for (or past) its invoke."""
+
+    frame: Frame
+    box: CropBox  # the frame region the tensor shows
+    tensor: np.ndarray
+    preprocess_ms: float
+
+
 class PoseStage(Protocol):
+    """prepare (any thread) -> invoke (the invoke thread) -> finish (the publish thread).
+
+    Split so the pipeline can prepare the next frame and finish the previous one while the
+    interpreter runs; `process` does the three in a row for still images and tests.
+    """
+
     @property
     def model_name(self) -> str: ...
 
     @property
     def backend_kind(self) -> str: ...
 
+    def new_input(self) -> np.ndarray: ...
+
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared: ...
+
+    def invoke(self, prepared: Prepared) -> list[np.ndarray]: ...
+
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
+    ) -> InferenceResult: ...
+
     def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult: ...
+
+
+class _StageBase:
+    backend: InferenceBackend
+    _model_name: str
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def backend_kind(self) -> str:
+        return self.backend.kind
+
+    def new_input(self) -> np.ndarray:
+        spec = self.backend.input_spec
+        return np.zeros(spec.shape, dtype=spec.dtype)
+
+    def invoke(self, prepared: Prepared) -> list[np.ndarray]:
+        # Only the invoke thread touches the interpreter, so a resize (MultiPose) happens here too.
+        if prepared.tensor.shape != self.backend.input_spec.shape:
+            self.backend.resize_input(prepared.tensor.shape)
+        return self.backend.invoke(prepared.tensor)
+
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
+        raise NotImplementedError
+
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
+    ) -> InferenceResult:
+        raise NotImplementedError
+
+    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
+        prepared = self.prepare(frame, self.new_input())
+        started = time.perf_counter()
+        outputs = self.invoke(prepared)
+        return self.finish(prepared, outputs, (time.perf_counter() - started) * 1e3, stats)
+
+    def _result(self, prepared: Prepared, poses: tuple[Pose, ...], smoothed: bool, invoke_ms: float) -> InferenceResult:
+        frame = prepared.frame
+        return InferenceResult(
+            frame_timestamp_s=frame.timestamp_s,
+            frame_monotonic_s=frame.monotonic_s,
+            frame_width_px=frame.width_px,
+            frame_height_px=frame.height_px,
+            poses=poses,
+            crop=prepared.box,
+            smoothed=smoothed,
+            inference_ms=invoke_ms,
+            model=self._model_name,
+            backend=self.backend_kind,
+        )
 
 
 def detect_family(backend: InferenceBackend) -> Family:
@@ -63,11 +156,11 @@ def detect_family(backend: InferenceBackend) -> Family:
     )
 
 
-def _record(stats: PipelineStats, timings: StageTimings) -> None:
-    stats.stages["preprocess"].add(timings.preprocess_ms)
-    stats.stages["invoke"].add(timings.invoke_ms)
-    stats.stages["decode"].add(timings.decode_ms)
-    stats.inference_ms.add(timings.invoke_ms)
+def _record(stats: PipelineStats, preprocess_ms: float, invoke_ms: float, decode_ms: float) -> None:
+    stats.stages["preprocess"].add(preprocess_ms)
+    stats.stages["invoke"].add(invoke_ms)
+    stats.stages["decode"].add(decode_ms)
+    stats.inference_ms.add(invoke_ms)
 
 
 def _one_euro(config: ModelConfig) -> OneEuroParams | None:
@@ -80,7 +173,7 @@ def _one_euro(config: ModelConfig) -> OneEuroParams | None:
     )
 
 
-class SinglePoseStage:
+class SinglePoseStage(_StageBase):
     """MoveNet single-pose. Video: the crop follows the person and keypoints are one-euro smoothed.
     Stills: every frame stands alone, refined by re-running on the crop it finds."""
 
@@ -94,68 +187,66 @@ class SinglePoseStage:
         mode: Mode = "video",
     ) -> None:
         self.estimator = estimator
+        self.backend = estimator.backend
         self._model_name = model_name
         self.score_threshold = score_threshold
         self.mode = mode
         self.smart_crop = smart_crop
+        # prepare() reads the crop and finish() updates it, on different threads.
+        self._crop_lock = threading.Lock()
         self._crop = CropRegionTracker() if smart_crop and mode == "video" else None
         self._smoother = KeypointSmoother(smoothing) if smoothing is not None and mode == "video" else None
 
-    @property
-    def model_name(self) -> str:
-        return self._model_name
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
+        start = time.perf_counter()
+        requested = None
+        if self._crop is not None:
+            with self._crop_lock:
+                requested = self._crop.box_for_frame(frame.height_px, frame.width_px)
+        box = self.estimator.prepare_into(frame.image, requested, tensor)
+        return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
-    @property
-    def backend_kind(self) -> str:
-        return self.estimator.backend.kind
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
+    ) -> InferenceResult:
+        start = time.perf_counter()
+        frame = prepared.frame
+        keypoints = decode_singlepose(outputs[0], prepared.box)
+        if self._crop is not None:
+            with self._crop_lock:
+                self._crop.next_box(keypoints, frame.height_px, frame.width_px)
+        smoothed = self._smoother is not None
+        if self._smoother is not None:
+            keypoints[:, :2] = self._smoother.update(
+                keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
+            )
+        pose = keypoints_to_pose(keypoints)
+        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
+        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), smoothed, invoke_ms)
 
     def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
-        height_px, width_px = frame.height_px, frame.width_px
-        if self.mode == "stills" and self.smart_crop:
-            keypoints, box, timings = self._refined(frame.image)
-        else:
-            requested = self._crop.box_for_frame(height_px, width_px) if self._crop is not None else None
-            raw = self.estimator.estimate(frame.image, requested)
-            keypoints, box, timings = raw.keypoints, raw.box, raw.timings
-            if self._crop is not None:
-                self._crop.next_box(keypoints, height_px, width_px)
-        _record(stats, timings)
-        smoothed = False
-        if self._smoother is not None:
-            keypoints = keypoints.copy()
-            keypoints[:, :2] = self._smoother.update(keypoints[:, :2], frame.timestamp_s, height_px, width_px)
-            smoothed = True
-        pose = keypoints_to_pose(keypoints)
-        return InferenceResult(
-            frame_timestamp_s=frame.timestamp_s,
-            frame_monotonic_s=frame.monotonic_s,
-            frame_width_px=width_px,
-            frame_height_px=height_px,
-            poses=(pose,) if pose.score >= self.score_threshold else (),
-            crop=box,
-            smoothed=smoothed,
-            inference_ms=timings.invoke_ms,
-            model=self._model_name,
-            backend=self.backend_kind,
-        )
-
-    def _refined(self, image: np.ndarray) -> tuple[np.ndarray, CropBox, StageTimings]:
+        if not (self.mode == "stills" and self.smart_crop):
+            return super().process(frame, stats)
         totals = [0.0, 0.0, 0.0]
         used: dict[int, CropBox] = {}
 
         def estimate(box: CropBox) -> np.ndarray:
-            raw = self.estimator.estimate(image, box)
+            raw = self.estimator.estimate(frame.image, box)
             totals[0] += raw.timings.preprocess_ms
             totals[1] += raw.timings.invoke_ms
             totals[2] += raw.timings.decode_ms
             used[id(box)] = raw.box
             return raw.keypoints
 
-        refined = refine_crops(estimate, image.shape[0], image.shape[1])
-        return refined.keypoints, used.get(id(refined.box), refined.box), StageTimings(*totals)
+        refined = refine_crops(estimate, frame.height_px, frame.width_px)
+        _record(stats, *totals)
+        pose = keypoints_to_pose(refined.keypoints)
+        box = used.get(id(refined.box), refined.box)
+        prepared = Prepared(frame, box, self.estimator.new_input(), totals[0])
+        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), False, totals[1])
 
 
-class MultiPoseStage:
+class MultiPoseStage(_StageBase):
     """MoveNet MultiPose: dynamic input sized to the frame's aspect, up to 6 poses with ids and boxes."""
 
     def __init__(
@@ -173,45 +264,31 @@ class MultiPoseStage:
         self._model_name = model_name
         self.score_threshold = score_threshold
         self.long_side_px = long_side_px
-        self._input = np.zeros(backend.input_spec.shape, np.uint8)
-        self._frame_size_px: tuple[int, int] | None = None
-        self._box = CropBox(0, 0, 1, 1)
         self._tracker = PoseTracker() if mode == "video" else None
         self._smoother = KeypointSmoother(smoothing) if smoothing is not None and mode == "video" else None
 
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def backend_kind(self) -> str:
-        return self.backend.kind
-
-    def _fit_input(self, height_px: int, width_px: int) -> None:
-        if self._frame_size_px == (height_px, width_px):
-            return
-        in_h, in_w = multipose_input_size(height_px, width_px, self.long_side_px)
-        self.backend.resize_input((1, in_h, in_w, 3))
-        self._input = np.zeros((1, in_h, in_w, 3), np.uint8)
-        self._box = multipose_box(height_px, width_px, in_h, in_w)
-        self._frame_size_px = (height_px, width_px)
-
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
         start = time.perf_counter()
-        self._fit_input(frame.height_px, frame.width_px)
-        box = crop_and_resize_into(frame.image, self._box, self._input[0])
-        prepared = time.perf_counter()
-        (output,) = self.backend.invoke(self._input)
-        invoked = time.perf_counter()
-        detections = detections_to_frame(decode_multipose(output, self.score_threshold), box)
+        in_h, in_w = multipose_input_size(frame.height_px, frame.width_px, self.long_side_px)
+        if tensor.shape != (1, in_h, in_w, 3):
+            # The model takes any multiple of 32: the input follows the frame's aspect.
+            tensor = np.zeros((1, in_h, in_w, 3), np.uint8)
+        box = crop_and_resize_into(frame.image, multipose_box(frame.height_px, frame.width_px, in_h, in_w), tensor[0])
+        return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
+
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
+    ) -> InferenceResult:
+        start = time.perf_counter()
+        frame = prepared.frame
+        detections = detections_to_frame(decode_multipose(outputs[0], self.score_threshold), prepared.box)
         keypoints = detections.keypoints
         ids: list[int] | None = None
         if self._tracker is not None:
-            ids = [
-                int(i) for i in self._tracker.update(keypoints, frame.timestamp_s, detections.boxes, detections.scores)
-            ]
+            tracked = self._tracker.update(keypoints, frame.timestamp_s, detections.boxes, detections.scores)
+            ids = [int(i) for i in tracked]
         smoothed = False
-        if self._smoother is not None and ids is not None and len(ids):
+        if self._smoother is not None and ids:
             keypoints = keypoints.copy()
             keypoints[..., :2] = self._smoother.update(
                 keypoints[..., :2], frame.timestamp_s, frame.height_px, frame.width_px, track_ids=ids
@@ -219,34 +296,20 @@ class MultiPoseStage:
             smoothed = True
         poses = []
         for index in range(len(detections)):
-            pose = keypoints_to_pose(keypoints[index])
             ymin, xmin, ymax, xmax = (float(v) for v in detections.boxes[index])
             poses.append(
                 Pose(
-                    keypoints=pose.keypoints,
+                    keypoints=keypoints_to_pose(keypoints[index]).keypoints,
                     score=float(detections.scores[index]),
                     track_id=ids[index] if ids is not None else None,
                     bbox=BoundingBox(xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax),
                 )
             )
-        decoded = time.perf_counter()
-        timings = StageTimings((prepared - start) * 1e3, (invoked - prepared) * 1e3, (decoded - invoked) * 1e3)
-        _record(stats, timings)
-        return InferenceResult(
-            frame_timestamp_s=frame.timestamp_s,
-            frame_monotonic_s=frame.monotonic_s,
-            frame_width_px=frame.width_px,
-            frame_height_px=frame.height_px,
-            poses=tuple(poses),
-            crop=box,
-            smoothed=smoothed,
-            inference_ms=timings.invoke_ms,
-            model=self._model_name,
-            backend=self.backend_kind,
-        )
+        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
+        return self._result(prepared, tuple(poses), smoothed, invoke_ms)
 
 
-class PoseNetStage:
+class PoseNetStage(_StageBase):
     """Legacy PoseNet MobileNetV1: letterboxed float input, single-pose heatmap + offset decoding."""
 
     def __init__(
@@ -263,51 +326,33 @@ class PoseNetStage:
         self.backend = backend
         self._model_name = model_name
         self.score_threshold = score_threshold
-        self._input = np.zeros(spec.shape, np.float32)
         self._staging = np.zeros(spec.shape[1:], np.uint8)
         self._smoother = KeypointSmoother(smoothing) if smoothing is not None and mode == "video" else None
 
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def backend_kind(self) -> str:
-        return self.backend.kind
-
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
         start = time.perf_counter()
-        in_h, in_w = self._input.shape[1], self._input.shape[2]
         box = crop_and_resize_into(frame.image, letterbox_box(frame.height_px, frame.width_px), self._staging)
-        posenet_preprocess_into(self._staging, self._input)
-        prepared = time.perf_counter()
-        heatmaps, offsets, *_ = self.backend.invoke(self._input)
-        invoked = time.perf_counter()
+        posenet_preprocess_into(self._staging, tensor)
+        return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
+
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
+    ) -> InferenceResult:
+        start = time.perf_counter()
+        frame = prepared.frame
+        heatmaps, offsets, *_ = outputs
+        in_h, in_w = prepared.tensor.shape[1], prepared.tensor.shape[2]
         model_keypoints = decode_single_pose(heatmaps, offsets, in_h, in_w)
         keypoints = model_keypoints.copy()
-        keypoints[:, :2] = box_to_frame(model_keypoints[:, :2], box)
-        smoothed = False
+        keypoints[:, :2] = box_to_frame(model_keypoints[:, :2], prepared.box)
+        smoothed = self._smoother is not None
         if self._smoother is not None:
             keypoints[:, :2] = self._smoother.update(
                 keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
             )
-            smoothed = True
         pose = keypoints_to_pose(keypoints)
-        decoded = time.perf_counter()
-        timings = StageTimings((prepared - start) * 1e3, (invoked - prepared) * 1e3, (decoded - invoked) * 1e3)
-        _record(stats, timings)
-        return InferenceResult(
-            frame_timestamp_s=frame.timestamp_s,
-            frame_monotonic_s=frame.monotonic_s,
-            frame_width_px=frame.width_px,
-            frame_height_px=frame.height_px,
-            poses=(pose,) if pose.score >= self.score_threshold else (),
-            crop=box,
-            smoothed=smoothed,
-            inference_ms=timings.invoke_ms,
-            model=self._model_name,
-            backend=self.backend_kind,
-        )
+        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
+        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), smoothed, invoke_ms)
 
 
 def build_stage(backend: InferenceBackend, model_name: str, config: ModelConfig, mode: Mode) -> PoseStage:
