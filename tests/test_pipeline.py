@@ -1,0 +1,183 @@
+"""The hand-offs and loops of the pipeline, with the real model and in-memory publishing."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepose.config import Config
+from edgepose.health import PipelineStats
+from edgepose.inference.runtime import load_runtime, open_cpu_backend
+from edgepose.inference.stage import PoseStage, build_stage
+from edgepose.pipeline import (
+    END_OF_STREAM,
+    EndOfStream,
+    HandOff,
+    InlineFeed,
+    InvokeClock,
+    Invoked,
+    InvokeLoop,
+    LatestFrameSlot,
+    PrepareLoop,
+    PublishLoop,
+    SequentialSlot,
+)
+from edgepose.sources.base import Frame
+from edgepose.sources.synthetic import SyntheticSource
+
+
+def _frame(index: int) -> Frame:
+    return Frame(np.zeros((48, 64, 3), np.uint8), time.time(), time.monotonic(), index)
+
+
+class MemoryPublisher:
+    """Implements the pipeline's Publisher protocol in memory; `accept` False acts like a lost broker."""
+
+    def __init__(self, refuse_calls: frozenset[int] = frozenset()) -> None:
+        self.messages: list[tuple[str, bytes, int, bool]] = []
+        self.refuse_calls = refuse_calls
+        self.calls = 0
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+        accept = self.calls not in self.refuse_calls
+        self.calls += 1
+        if accept:
+            self.messages.append((topic, payload, qos, retain))
+        return accept
+
+
+def test_latest_frame_slot_keeps_the_freshest_and_counts_the_rest() -> None:
+    stats = PipelineStats()
+    slot = LatestFrameSlot(stats)
+    for index in range(5):
+        slot.put(_frame(index))
+    item = slot.get(0.1)
+    assert isinstance(item, Frame) and item.index == 4
+    assert stats.counters.frames_dropped_stale == 4
+    assert slot.get(0.01) is None
+
+
+def test_sequential_slot_never_drops() -> None:
+    stop = threading.Event()
+    slot = SequentialSlot(stop)
+    received: list[int] = []
+
+    def consume() -> None:
+        while True:
+            item = slot.get(1.0)
+            if isinstance(item, EndOfStream):
+                return
+            if isinstance(item, Frame):
+                received.append(item.index)
+                time.sleep(0.002)  # a consumer slower than the producer
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for index in range(50):
+        slot.put(_frame(index))
+    slot.put(END_OF_STREAM)
+    consumer.join(5)
+    assert received == list(range(50))
+
+
+def test_hand_off_blocks_the_producer_until_taken() -> None:
+    stop = threading.Event()
+    hand_off = HandOff()
+    prepared = object()
+    assert hand_off.put(prepared, stop)  # type: ignore[arg-type]
+    stop_soon = threading.Timer(0.2, stop.set)
+    stop_soon.start()
+    started = time.monotonic()
+    assert hand_off.put(prepared, stop) is False  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 0.15
+    assert hand_off.take(0.1) is prepared
+
+
+def test_invoke_clock_schedules_preparation_just_before_the_interpreter_is_free() -> None:
+    clock = InvokeClock()
+    assert clock.prepare_due_s() is None
+    clock.invoke_started(100.0)
+    clock.invoke_done(0.010)
+    clock.prepared(0.001)
+    clock.invoke_started(200.0)
+    due = clock.prepare_due_s()
+    assert due is not None and 200.0 + 0.008 < due < 200.0 + 0.009
+
+
+@pytest.fixture(scope="module")
+def stage(lightning_path: Path) -> PoseStage:
+    backend = open_cpu_backend(lightning_path, load_runtime("auto"), 2)
+    return build_stage(backend, "movenet_lightning_int8", Config().model, "video")
+
+
+def test_threads_together_publish_every_frame_in_order(stage: PoseStage) -> None:
+    """prepare -> invoke -> finish+publish on three threads: exactly N messages, seq 0..N-1."""
+    stats = PipelineStats()
+    source = SyntheticSource(640, 480, fps=None)
+    source.open()
+    hand_off, clock = HandOff(), InvokeClock()
+    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue(maxsize=8)
+    publisher = MemoryPublisher()
+    prepare = PrepareLoop(InlineFeed(source, stats), stage, hand_off, clock, stats, max_frames=40)
+    first = threading.Event()
+    invoke = InvokeLoop(stage, hand_off, clock, invoked, stats, first.set)
+    publish = PublishLoop(invoked, stage, publisher, "t/keypoints", 0, "dev", stats)
+    stops = [threading.Event() for _ in range(3)]
+    threads = [
+        threading.Thread(target=loop.run, args=(stop,))
+        for loop, stop in zip((prepare, invoke, publish), stops, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert first.is_set()
+    assert prepare.finished_reason == "--max-frames 40 reached"
+    assert stats.counters.frames_inferred == 40
+    payloads = [json.loads(payload) for _, payload, _, _ in publisher.messages]
+    assert [p["seq"] for p in payloads] == list(range(40))
+    assert all(p["smoothed"] for p in payloads)
+    # Frames are prepared just in time: inference sees them a fraction of an invoke after capture.
+    assert stats.frame_age_at_inference_ms.percentiles()["p50"] is not None
+
+
+def test_publish_loop_counts_refused_messages_and_gaps_show_in_seq(stage: PoseStage) -> None:
+    stats = PipelineStats()
+    publisher = MemoryPublisher(refuse_calls=frozenset({2, 3}))
+    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
+    publish = PublishLoop(invoked, stage, publisher, "t/keypoints", 0, "dev", stats)
+    source = SyntheticSource(64, 48, fps=None)
+    source.open()
+    for _ in range(6):
+        frame = source.read()
+        assert frame is not None
+        prepared = stage.prepare(frame, stage.new_input())
+        invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
+    invoked.put(END_OF_STREAM)
+    publish.run(threading.Event())
+    seqs = [json.loads(payload)["seq"] for _, payload, _, _ in publisher.messages]
+    assert seqs == [0, 1, 4, 5]
+    assert stats.counters.publish_failed == 2 and stats.counters.frames_published == 4
+
+
+def test_max_fps_throttles_and_counts(stage: PoseStage) -> None:
+    stats = PipelineStats()
+    publisher = MemoryPublisher()
+    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
+    publish = PublishLoop(invoked, stage, publisher, "t", 0, "dev", stats, max_publish_fps=10)
+    base = time.monotonic()
+    for index in range(10):  # 10 frames 20 ms apart = 0.2 s: two fit at 10 fps
+        frame = Frame(np.zeros((48, 64, 3), np.uint8), time.time(), base + index * 0.02, index)
+        prepared = stage.prepare(frame, stage.new_input())
+        invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
+    invoked.put(END_OF_STREAM)
+    publish.run(threading.Event())
+    assert len(publisher.messages) == 2
+    assert stats.counters.frames_dropped_throttle == 8
