@@ -17,7 +17,7 @@ endif
 MQTT_PORT ?= 1883
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
-.PHONY: run test venv models lint typecheck pytest bench bench-smoke clean
+.PHONY: run test venv models lint typecheck pytest bench bench-runtimes bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,19 @@ pytest: models
 
 test: lint typecheck pytest
 
+# The acceptance run of the performance issue: Lightning int8, LiteRT, 2 threads, 20,000 frames.
 bench: models
-	$(BIN)/edgepose bench --json bench/results/latest.json
+	$(BIN)/edgepose bench --threads 1 2 --frames 20000 --json bench/results/latest.json
+
+# LiteRT against tflite-runtime: tflite-runtime 2.14 needs numpy<2, so it gets a venv of its own.
+bench-runtimes: models
+	test -x .venv-tflite/bin/python || $(PYTHON) -m venv .venv-tflite
+	.venv-tflite/bin/pip install --quiet -e '.[tflite]'
+	.venv-tflite/bin/edgepose bench --runtime litert --runtime tflite --threads 1 2 --frames 1000 \
+		--paced-fps 0 --json bench/results/runtimes-latest.json
 
 bench-smoke: models
 	$(BIN)/python -m pytest -q -m slow tests/test_bench.py
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tflite .cache .mypy_cache .ruff_cache .pytest_cache

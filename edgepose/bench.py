@@ -263,11 +263,16 @@ def _bench_one(
     broker_host, broker_port = broker_address
     row = BenchRow(runtime=runtime_choice, threads=threads)
     try:
-        row.raw, row.runtime_version = measure_raw(model_path, runtime_choice, threads, min(frames, 2000))
+        raw_frames = min(frames, 2000)
+        before, row.runtime_version = measure_raw(model_path, runtime_choice, threads, raw_frames)
         timeout_s = 60 + frames * 0.2
         row.pipeline = measure_pipeline(
             model, runtime_choice, threads, frames, source, broker_host, broker_port, timeout_s
         )
+        # Raw speed before and after the pipeline run: other load only ever slows a run down, so
+        # the faster of the two is the limit, and the ratio is not flattered by a slow raw run.
+        after, _ = measure_raw(model_path, runtime_choice, threads, raw_frames)
+        row.raw = max(before, after, key=lambda result: result.fps)
         if paced_fps > 0:
             paced_frames = max(60, int(paced_fps * 10))
             row.paced = measure_pipeline(
