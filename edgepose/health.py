@@ -63,25 +63,35 @@ class PipelineStats:
 
 
 class RateMeter:
-    """Rates of the counters between two snapshots (fps over the last health interval)."""
+    """Rates of the counters between snapshots at least `min_window_s` apart (fps over the last window).
 
-    def __init__(self) -> None:
+    Asked more often than that, it returns the last rates rather than a noisy rate over a few ms.
+    """
+
+    def __init__(self, min_window_s: float = 1.0) -> None:
+        self.min_window_s = min_window_s
         self._last: tuple[float, int, int, int] | None = None
+        self._rates = {"capture": 0.0, "inference": 0.0, "published": 0.0}
         self._lock = threading.Lock()
 
     def rates(self, counters: Counters) -> dict[str, float]:
         now = time.monotonic()
         current = (now, counters.frames_captured, counters.frames_inferred, counters.frames_published)
         with self._lock:
-            previous, self._last = self._last, current
-        if previous is None or now <= previous[0]:
-            return {"capture": 0.0, "inference": 0.0, "published": 0.0}
-        elapsed = now - previous[0]
-        return {
-            "capture": round((current[1] - previous[1]) / elapsed, 2),
-            "inference": round((current[2] - previous[2]) / elapsed, 2),
-            "published": round((current[3] - previous[3]) / elapsed, 2),
-        }
+            previous = self._last
+            if previous is None:
+                self._last = current
+                return dict(self._rates)
+            elapsed = now - previous[0]
+            if elapsed < self.min_window_s:
+                return dict(self._rates)
+            self._last = current
+            self._rates = {
+                "capture": round((current[1] - previous[1]) / elapsed, 2),
+                "inference": round((current[2] - previous[2]) / elapsed, 2),
+                "published": round((current[3] - previous[3]) / elapsed, 2),
+            }
+            return dict(self._rates)
 
 
 def read_cpu_temp_c(thermal_root: Path = Path("/sys/class/thermal")) -> float | None:

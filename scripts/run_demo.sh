@@ -28,7 +28,9 @@ elif command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then
     mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
     conf="$(mktemp -t edgepose-mosquitto.XXXXXX.conf)"
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$conf"
-    "$mosquitto_bin" -c "$conf" >/dev/null 2>&1 &
+    # Its own session: Ctrl-C goes to the terminal's whole process group, and the broker must
+    # outlive the daemon long enough to receive its "offline".
+    setsid "$mosquitto_bin" -c "$conf" >/dev/null 2>&1 &
     broker_pid=$!
     for _ in $(seq 50); do
         broker_answers "$port" && break
