@@ -1,17 +1,57 @@
-"""The Raspberry Pi camera through picamera2 (from apt on Raspberry Pi OS; never pip-installed)."""
+"""The Raspberry Pi camera through picamera2 (from apt on Raspberry Pi OS; never pip-installed).
+
+One read hands on one RGB frame that the sensor started reading out after the read was called,
+stamped with the sensor's own timestamp. Frames that were already waiting are released unused and
+counted in `frames_skipped`, so a slow consumer never works through a backlog.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import inspect
+import logging
+import time
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from edgepose.config import CameraConfig
 from edgepose.errors import SourceError
 from edgepose.sources.base import Delivery, Frame
 
+log = logging.getLogger(__name__)
+
 PICAMERA2_HINT = (
     "picamera2 not importable: on Raspberry Pi OS run `sudo apt install python3-picamera2` and create "
     "the venv with --system-site-packages"
+)
+
+# picamera2 names formats after little-endian DRM fourccs: "BGR888" is R,G,B in memory, which is
+# what the model takes, so frames need no channel swap ("RGB888" would be B,G,R).
+MAIN_FORMAT = "BGR888"
+
+# libcamera documents SensorTimestamp as CLOCK_BOOTTIME, but on the Pi it is the V4L2 buffer time,
+# CLOCK_MONOTONIC (libcamera bug 254), and picamera2's own `flush=True` compares it with
+# time.monotonic_ns(). The two clocks differ only by time spent suspended, which a Pi never is.
+SENSOR_CLOCK_ID = time.CLOCK_MONOTONIC
+
+# Long enough for the first frame after start() (sensor power-up, first statistics), short enough
+# that a vanished camera shows as degraded within seconds.
+CAPTURE_TIMEOUT_MIN_S = 2.0
+CAPTURE_TIMEOUT_FRAMES = 4
+
+# What picamera2 raises when the camera is missing, busy or stops delivering: RuntimeError from
+# libcamera, IndexError for a camera number not attached, the job future's TimeoutError/CancelledError.
+CAMERA_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    OSError,
+    IndexError,
+    ValueError,
+    TimeoutError,
+    concurrent.futures.TimeoutError,
+    concurrent.futures.CancelledError,
 )
 
 
@@ -21,33 +61,243 @@ def load_picamera2() -> tuple[ModuleType, Any]:
         from libcamera import Transform
     except ImportError as exc:
         raise SourceError(f"{PICAMERA2_HINT} ({exc})") from None
+    except ValueError as exc:
+        # "numpy.dtype size changed": a pip numpy in the venv shadows the one apt's picamera2 was built for.
+        raise SourceError(
+            f"picamera2 failed to import ({exc}); remove numpy from the venv so the system python3-numpy is used"
+        ) from None
     return picamera2, Transform
 
 
 def attached_cameras(picamera2_module: ModuleType) -> list[dict[str, Any]]:
-    cameras: list[dict[str, Any]] = picamera2_module.Picamera2.global_camera_info()
+    try:
+        cameras: list[dict[str, Any]] = picamera2_module.Picamera2.global_camera_info()
+    except CAMERA_ERRORS as exc:
+        raise SourceError(f"picamera2: listing cameras failed ({exc})") from None
     return cameras
 
 
+# time.monotonic() reads CLOCK_MONOTONIC on Linux: then a frame's monotonic time is its SensorTimestamp.
+_SENSOR_CLOCK_IS_MONOTONIC = time.get_clock_info("monotonic").implementation == "clock_gettime(CLOCK_MONOTONIC)"
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """The sensor's clock, the wall clock and time.monotonic() read at (nearly) one instant, in ns."""
+
+    sensor_ns: int
+    wall_ns: int
+    monotonic_ns: int
+
+    @classmethod
+    def now(cls) -> ClockSample:
+        # Bracketing the wall-clock read halves the error of pairing it with the sensor clock.
+        before_ns = time.clock_gettime_ns(SENSOR_CLOCK_ID)
+        wall_ns = time.time_ns()
+        after_ns = time.clock_gettime_ns(SENSOR_CLOCK_ID)
+        sensor_ns = (before_ns + after_ns) // 2
+        return cls(sensor_ns, wall_ns, sensor_ns if _SENSOR_CLOCK_IS_MONOTONIC else time.monotonic_ns())
+
+
+def sensor_stamps(sensor_timestamp_ns: int, clocks: ClockSample) -> tuple[float, float]:
+    """(UNIX seconds, time.monotonic() seconds) of a SensorTimestamp, shifted by its age on the sensor clock.
+
+    Taking the age at conversion time, not a boot-time offset fixed once, follows NTP steps of the wall clock.
+    """
+    age_ns = clocks.sensor_ns - sensor_timestamp_ns
+    # int / int rounds once, exactly; converting the ns count to float first would not.
+    return (clocks.wall_ns - age_ns) / NS_PER_S, (clocks.monotonic_ns - age_ns) / NS_PER_S
+
+
+def frames_between(previous_ns: int, current_ns: int, frame_duration_ns: int) -> int:
+    """Sensor frames that started after `previous_ns` and before `current_ns` (never negative)."""
+    if frame_duration_ns <= 0:
+        return 0
+    return max(0, round((current_ns - previous_ns) / frame_duration_ns) - 1)
+
+
+def orientation_flips(camera: CameraConfig) -> tuple[bool, bool]:
+    """(hflip, vflip) for libcamera: a 180° rotation is both flips, so it toggles each configured flip."""
+    rotated = camera.rotation == 180
+    return camera.hflip != rotated, camera.vflip != rotated
+
+
+def frame_duration_us(fps: float) -> int:
+    return max(1, round(1e6 / fps))
+
+
 class Picamera2Source:
+    """A live camera: picamera2's Picamera2 object, opened in open(), read from the capture thread."""
+
     delivery: Delivery = "live"
 
     def __init__(self, camera: CameraConfig, picamera2_module: ModuleType, transform_class: Any) -> None:
         self.camera = camera
         self._module = picamera2_module
         self._transform_class = transform_class
-
-    frames_skipped = 0
+        self._picam2: Any = None
+        self._model: str | None = None
+        self._flush_supported = False
+        self._index = 0
+        self._frames_skipped = 0
+        self._last_seen_ns: int | None = None
+        self._configured_frame_ns = frame_duration_us(camera.fps) * 1000
+        self._frame_ns = self._configured_frame_ns
+        self._timeout_s = max(CAPTURE_TIMEOUT_MIN_S, CAPTURE_TIMEOUT_FRAMES / camera.fps)
+        self._warned_no_timestamp = False
 
     @property
     def description(self) -> str:
-        return f"picamera2 camera {self.camera.index}"
+        model = f" ({self._model})" if self._model else ""
+        return f"picamera2 camera {self.camera.index}{model}"
+
+    @property
+    def frames_skipped(self) -> int:
+        return self._frames_skipped
+
+    def _configuration(self, picam2: Any) -> dict[str, Any]:
+        """The video configuration asked of picamera2 (which fills in stride, colour space, raw stream)."""
+        camera = self.camera
+        hflip, vflip = orientation_flips(camera)
+        duration_us = frame_duration_us(camera.fps)
+        config: dict[str, Any] = picam2.create_video_configuration(
+            main={"size": (camera.width, camera.height), "format": MAIN_FORMAT},
+            buffer_count=camera.buffer_count,
+            controls={"FrameDurationLimits": (duration_us, duration_us)},
+            transform=self._transform_class(hflip=int(hflip), vflip=int(vflip)),
+            # Never keep a completed frame around for the next capture: it would be older than the call.
+            queue=False,
+        )
+        return config
 
     def open(self) -> None:
-        raise SourceError("picamera2 source: not implemented yet")
+        if self._picam2 is not None:
+            self.close()
+        index = self.camera.index
+        try:
+            picam2 = self._module.Picamera2(camera_num=index)
+        except CAMERA_ERRORS as exc:
+            raise SourceError(
+                f"picamera2 camera {index}: cannot open ({type(exc).__name__}: {exc}); check the ribbon cable "
+                "and `rpicam-hello --list-cameras`, and that no other process (rpicam-*, another edgepose) "
+                "holds the camera"
+            ) from None
+        try:
+            picam2.configure(self._configuration(picam2))
+            picam2.start()
+        except CAMERA_ERRORS as exc:
+            self._shut(picam2)
+            raise SourceError(
+                f"picamera2 camera {index}: configure/start failed ({type(exc).__name__}: {exc})"
+            ) from None
+        self._picam2 = picam2
+        self._model = _camera_model(picam2)
+        self._flush_supported = _accepts_flush(picam2)
+        self._index = 0
+        self._last_seen_ns = None
+        self._frame_ns = self._configured_frame_ns
 
-    def read(self) -> Frame | None:
-        raise SourceError("picamera2 source: not implemented yet")
+    def read(self) -> Frame:
+        picam2 = self._picam2
+        if picam2 is None:
+            raise SourceError(f"{self.description}: read before open")
+        called_ns = time.clock_gettime_ns(SENSOR_CLOCK_ID)
+        deadline_s = time.monotonic() + self._timeout_s
+        while True:
+            request = self._capture(picam2, called_ns, deadline_s - time.monotonic())
+            try:
+                metadata = request.get_metadata()
+                sensor_ns = self._sensor_timestamp(metadata)
+                self._account(sensor_ns, metadata)
+                if sensor_ns < called_ns:
+                    # Read out before this call: a newer frame is on its way, so this one would only add latency.
+                    self._frames_skipped += 1
+                    continue
+                image = request.make_array("main")
+            except CAMERA_ERRORS as exc:
+                raise SourceError(f"{self.description}: reading a frame failed ({type(exc).__name__}: {exc})") from None
+            finally:
+                # An unreleased request keeps its buffer from the camera; a few of them stall it.
+                request.release()
+            return self._frame(image, sensor_ns)
 
     def close(self) -> None:
-        pass
+        picam2, self._picam2 = self._picam2, None
+        if picam2 is not None:
+            self._shut(picam2)
+
+    def _capture(self, picam2: Any, called_ns: int, timeout_s: float) -> Any:
+        if timeout_s <= 0:
+            raise SourceError(f"{self.description}: no fresh frame within {self._timeout_s:.1f}s")
+        try:
+            if self._flush_supported:
+                # picamera2 drops frames whose *exposure* began before `flush`; exposure never exceeds a frame
+                # duration, so this flush discards only frames the SensorTimestamp check would discard too.
+                return picam2.capture_request(wait=timeout_s, flush=called_ns - self._frame_ns)
+            return picam2.capture_request(wait=timeout_s)
+        except CAMERA_ERRORS as exc:
+            # A timed-out job stays queued and would later take a request nobody releases.
+            cancel = getattr(picam2, "cancel_all_and_flush", None)
+            if cancel is not None:
+                try:
+                    cancel()
+                except CAMERA_ERRORS as cancel_exc:
+                    log.debug("%s: cancelling capture jobs: %s", self.description, cancel_exc)
+            reason = f"no frame within {timeout_s:.1f}s" if _is_timeout(exc) else f"{type(exc).__name__}: {exc}"
+            raise SourceError(f"{self.description}: capture failed ({reason})") from None
+
+    def _sensor_timestamp(self, metadata: dict[str, Any]) -> int:
+        value = metadata.get("SensorTimestamp")
+        if value is None:
+            if not self._warned_no_timestamp:
+                log.warning("%s: no SensorTimestamp in metadata; stamping frames on arrival", self.description)
+                self._warned_no_timestamp = True
+            return time.clock_gettime_ns(SENSOR_CLOCK_ID)
+        return int(value)
+
+    def _account(self, sensor_ns: int, metadata: dict[str, Any]) -> None:
+        """Count frames dropped before this one reached us (by flush, by picamera2 or for want of a buffer)."""
+        duration_us = metadata.get("FrameDuration")
+        if duration_us:
+            self._frame_ns = max(self._configured_frame_ns, int(duration_us) * 1000)
+        if self._last_seen_ns is not None:
+            self._frames_skipped += frames_between(self._last_seen_ns, sensor_ns, self._frame_ns)
+        self._last_seen_ns = sensor_ns
+
+    def _frame(self, array: np.ndarray, sensor_ns: int) -> Frame:
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise SourceError(
+                f"{self.description}: expected an HxWx3 uint8 {MAIN_FORMAT} frame, got {array.dtype} {array.shape}"
+            )
+        # make_array copies out of the camera's buffer and strips row padding; this only guards contiguity.
+        image = np.ascontiguousarray(array)
+        wall_s, monotonic_s = sensor_stamps(sensor_ns, ClockSample.now())
+        frame = Frame(image, wall_s, monotonic_s, self._index)
+        self._index += 1
+        return frame
+
+    def _shut(self, picam2: Any) -> None:
+        for step in (picam2.stop, picam2.close):
+            try:
+                step()
+            except CAMERA_ERRORS as exc:
+                log.warning("%s: %s failed while closing: %s", self.description, step.__name__, exc)
+
+
+def _accepts_flush(picam2: Any) -> bool:
+    """capture_request(flush=...) arrived in picamera2 0.3.15; older releases only take wait/signal_function."""
+    try:
+        return "flush" in inspect.signature(picam2.capture_request).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _camera_model(picam2: Any) -> str | None:
+    properties = getattr(picam2, "camera_properties", None)
+    model = properties.get("Model") if isinstance(properties, dict) else None
+    return str(model) if model else None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError))

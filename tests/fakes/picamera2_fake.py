@@ -1,0 +1,569 @@
+"""A stand-in for picamera2 and libcamera's Python bindings, installable as `picamera2` and `libcamera`.
+
+It mirrors picamera2 0.3.x (picamera2/picamera2.py, picamera2/request.py, picamera2/job.py) and
+libcamera's src/py/libcamera/py_transform.cpp with src/libcamera/transform.cpp: the same names and
+signatures, the same configuration dict, the same metadata names and units, and the behaviour an
+adapter depends on:
+
+* Format names are little-endian DRM fourccs: "BGR888" stores a pixel as R,G,B, "RGB888" as B,G,R,
+  "XBGR8888" as R,G,B,255 and "XRGB8888" as B,G,R,255. Rows are padded to `stride_align_bytes`.
+* The sensor runs on its own clock from start(): frame k begins read-out at start + k * frame
+  duration (SensorTimestamp, CLOCK_MONOTONIC ns) and completes `latency_ms` later.
+* Between captures picamera2 recycles completed requests, keeping the newest one when the
+  configuration says `queue=True` (and buffer_count > 1), none otherwise. `backlog` models an event
+  loop that fell behind: that many completed requests are still waiting when the next capture runs.
+* capture_request(flush=ts) drops requests whose exposure began (SensorTimestamp - ExposureTime)
+  before ts, as wait_for_timestamp_ does; flush=True means time.monotonic_ns().
+* Each request holds one of `buffer_count` buffers until released; with all of them held, no frame
+  can complete and a capture with a timeout fails as the job future's TimeoutError.
+* make_buffer/make_array copy out of the buffer (the buffer is reused for a later frame) and strip
+  the row padding.
+
+A capture that could never complete and was given no timeout raises AssertionError instead of
+hanging the test. Tests steer the camera through a `FakeCameraSystem`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+
+_HFLIP, _VFLIP, _TRANSPOSE = 1, 2, 4
+_ROTATIONS = {0: 0, 90: _VFLIP | _TRANSPOSE, 180: _HFLIP | _VFLIP, 270: _HFLIP | _TRANSPOSE}
+_NAMES = ("identity", "hflip", "vflip", "hvflip", "transpose", "rot270", "rot90", "rot180transpose")
+_INVERSES = (0, 1, 2, 3, 4, 6, 5, 7)  # Rot90 and Rot270 swap; every other transform is its own inverse
+
+
+class Transform:
+    """libcamera.Transform: rotation, then hflip/vflip/transpose XOR-ed in, as the pybind11 constructor does."""
+
+    def __init__(
+        self, rotation: int | Transform = 0, hflip: bool = False, vflip: bool = False, transpose: bool = False
+    ) -> None:
+        if isinstance(rotation, Transform):  # the copy constructor
+            self._bits = rotation._bits
+            return
+        angle = rotation % 360
+        if angle not in _ROTATIONS:
+            raise ValueError("Invalid rotation")  # pybind11 maps std::invalid_argument to ValueError
+        bits = _ROTATIONS[angle]
+        if hflip:
+            bits ^= _HFLIP
+        if vflip:
+            bits ^= _VFLIP
+        if transpose:
+            bits ^= _TRANSPOSE
+        self._bits = bits
+
+    def _get(self, bit: int) -> bool:
+        return bool(self._bits & bit)
+
+    def _set(self, bit: int, on: bool) -> None:
+        self._bits = self._bits | bit if on else self._bits & ~bit
+
+    @property
+    def hflip(self) -> bool:
+        return self._get(_HFLIP)
+
+    @hflip.setter
+    def hflip(self, on: bool) -> None:
+        self._set(_HFLIP, on)
+
+    @property
+    def vflip(self) -> bool:
+        return self._get(_VFLIP)
+
+    @vflip.setter
+    def vflip(self, on: bool) -> None:
+        self._set(_VFLIP, on)
+
+    @property
+    def transpose(self) -> bool:
+        return self._get(_TRANSPOSE)
+
+    @transpose.setter
+    def transpose(self, on: bool) -> None:
+        self._set(_TRANSPOSE, on)
+
+    def inverse(self) -> Transform:
+        result = Transform()
+        result._bits = _INVERSES[self._bits]
+        return result
+
+    def invert(self) -> None:
+        self._bits = _INVERSES[self._bits]
+
+    def compose(self, other: Transform) -> None:
+        """self = self * other: `other` applied first, then self (libcamera's operator*)."""
+        reordered = self._bits
+        if other._bits & _TRANSPOSE:
+            reordered = self._bits & _TRANSPOSE
+            if self._bits & _HFLIP:
+                reordered |= _VFLIP
+            if self._bits & _VFLIP:
+                reordered |= _HFLIP
+        self._bits = reordered ^ other._bits
+
+    def __str__(self) -> str:
+        return f"<libcamera.Transform '{_NAMES[self._bits]}'>"
+
+
+class ColorSpace:
+    """libcamera.ColorSpace, reduced to the named presets picamera2 uses."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @staticmethod
+    def Sycc() -> ColorSpace:  # libcamera's CamelCase names
+        return ColorSpace("sYCC")
+
+    @staticmethod
+    def Smpte170m() -> ColorSpace:
+        return ColorSpace("SMPTE170M")
+
+    @staticmethod
+    def Rec709() -> ColorSpace:
+        return ColorSpace("Rec709")
+
+    @staticmethod
+    def Raw() -> ColorSpace:
+        return ColorSpace("RAW")
+
+    def __repr__(self) -> str:
+        return f"<libcamera.ColorSpace '{self.name}'>"
+
+
+# Channel order in memory, and bytes per pixel, of the RGB formats picamera2 supports.
+PIXEL_LAYOUTS: dict[str, tuple[str, int]] = {
+    "BGR888": ("RGB", 3),
+    "RGB888": ("BGR", 3),
+    "XBGR8888": ("RGBX", 4),
+    "XRGB8888": ("BGRX", 4),
+}
+_PADDING_BYTE = 0xAB  # stride padding, so a consumer that forgets the stride sees garbage
+
+
+def imx708_info() -> dict[str, Any]:
+    return {"Model": "imx708", "Location": 2, "Rotation": 180, "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a"}
+
+
+@dataclass
+class FakeCameraSystem:
+    """The world the fake camera sees, and the faults it suffers; shared by every Picamera2 instance."""
+
+    cameras: list[dict[str, Any]] = field(default_factory=lambda: [imx708_info()])
+    scene_rgb: tuple[int, int, int] | np.ndarray = (128, 128, 128)  # what the lens sees, R,G,B
+    exposure_us: int = 5000
+    latency_ms: float = 0.0  # from the start of read-out (SensorTimestamp) until the request completes
+    stride_align_bytes: int = 64
+    sensor_min_frame_duration_us: int = 8333  # the sensor mode's fastest frame rate: 120 fps
+    backlog: int = 0  # completed requests still waiting when the next capture is dispatched
+    stalled: bool = False  # frames stop arriving: cable pulled, sensor hung
+    capture_errors: list[BaseException] = field(default_factory=list)  # raised by the next captures
+    open_errors: list[BaseException] = field(default_factory=list)  # raised by the next Picamera2()
+    instances: list[Picamera2] = field(default_factory=list)
+    frames_recycled: int = 0  # completed frames returned to the camera without the application seeing them
+    captures: list[CaptureCall] = field(default_factory=list)
+    handed_out: list[CompletedRequest] = field(default_factory=list)  # every request capture_request returned
+
+    def detach(self) -> None:
+        """The camera vanishes: it is no longer listed and open cameras stop delivering."""
+        self.cameras = []
+        self.stalled = True
+
+    def reattach(self) -> None:
+        self.cameras = [imx708_info()]
+        self.stalled = False
+
+    @property
+    def open_cameras(self) -> list[Picamera2]:
+        return [camera for camera in self.instances if camera.is_open]
+
+    def scene_for(self, width_px: int, height_px: int) -> np.ndarray:
+        if isinstance(self.scene_rgb, np.ndarray):
+            if self.scene_rgb.shape != (height_px, width_px, 3):
+                raise AssertionError(f"scene {self.scene_rgb.shape} does not match the stream {width_px}x{height_px}")
+            return self.scene_rgb
+        return np.broadcast_to(np.array(self.scene_rgb, dtype=np.uint8), (height_px, width_px, 3))
+
+
+@dataclass(frozen=True)
+class CaptureCall:
+    wait: Any
+    flush: Any
+
+
+class CompletedRequest:
+    """picamera2.request.CompletedRequest: one frame's buffers and metadata, held until released."""
+
+    def __init__(self, picam2: Picamera2, sequence: int, buffer_index: int, metadata: dict[str, Any]) -> None:
+        self.picam2 = picam2
+        self.request: Any = object()  # the libcamera request; None once recycled
+        self.ref_count = 1
+        self.config = dict(picam2.camera_config or {})
+        self.stream_map = {"main": "main-stream", "lores": None, "raw": None}
+        self.sequence = sequence
+        self._buffer_index = buffer_index
+        self._metadata = metadata
+
+    def acquire(self) -> None:
+        if self.ref_count == 0:
+            raise RuntimeError("CompletedRequest: acquiring lock with ref_count 0")
+        self.ref_count += 1
+
+    def release(self) -> None:
+        self.ref_count -= 1
+        if self.ref_count < 0:
+            raise RuntimeError("CompletedRequest: lock now has negative ref_count")
+        if self.ref_count == 0:
+            self.picam2._return_buffer(self._buffer_index)
+            self.request = None
+            self.config = {}
+            self.stream_map = {}
+
+    def _check_live(self) -> None:
+        if self.request is None:
+            raise AssertionError("CompletedRequest used after release (its buffer may hold another frame)")
+
+    def get_metadata(self) -> dict[str, Any]:
+        self._check_live()
+        return dict(self._metadata)
+
+    def make_buffer(self, name: str) -> np.ndarray:
+        self._check_live()
+        if self.stream_map.get(name) is None:
+            raise RuntimeError(f"Stream {name!r} is not defined")
+        # np.array copies, as the real make_buffer does from the mmapped dma-buf.
+        return np.array(self.picam2._buffers[self._buffer_index], dtype=np.uint8)
+
+    def make_array(self, name: str) -> np.ndarray:
+        """Helpers.make_array for the RGB formats: reshape, dropping the padding at the end of each row."""
+        array = self.make_buffer(name)
+        config = self.config[name]
+        width_px, height_px = config["size"]
+        stride = config["stride"]
+        bytes_per_px = PIXEL_LAYOUTS[config["format"]][1]
+        if stride != width_px * bytes_per_px:
+            array = array.reshape((height_px, stride))
+            array = np.asarray(array[:, : width_px * bytes_per_px], order="C")
+        return array.reshape((height_px, width_px, bytes_per_px))
+
+
+class Picamera2:
+    """picamera2.Picamera2 with a simulated sensor; `system` is bound by make_modules()."""
+
+    system: ClassVar[FakeCameraSystem]
+
+    @classmethod
+    def global_camera_info(cls) -> list[dict[str, Any]]:
+        # A staticmethod in picamera2; called the same way.
+        return [dict(info, Num=number) for number, info in enumerate(cls.system.cameras)]
+
+    def __init__(
+        self, camera_num: int = 0, verbose_console: Any = None, tuning: Any = None, allocator: Any = None
+    ) -> None:
+        self.is_open = False
+        self.started = False
+        self.camera_config: dict[str, Any] | None = None
+        system = self.system
+        if system.open_errors:
+            raise system.open_errors.pop(0)
+        info = self.global_camera_info()[camera_num]  # IndexError for a camera not attached, as picamera2
+        self.camera_idx = info["Num"]
+        self.camera_properties = {"Model": info["Model"], "Location": info["Location"], "Rotation": info["Rotation"]}
+        self.sensor_resolution = (4608, 2592)
+        self.sensor_format = "SRGGB10_CSI2P"
+        self.configure_count = 0
+        self.stop_count = 0
+        self.configured_with: dict[str, Any] | None = None  # what the application passed to configure()
+        self._lock = threading.Lock()
+        self._buffers: list[np.ndarray] = []
+        self._free_buffers: list[int] = []
+        self._completed: list[CompletedRequest] = []
+        self._start_ns = 0
+        self._next_sequence = 0
+        self._frame_ns = 0
+        self.is_open = True
+        system.instances.append(self)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @staticmethod
+    def _stream(defaults: dict[str, Any], updates: dict[str, Any] | None) -> dict[str, Any] | None:
+        if updates is None:
+            return None
+        valid = ("format", "size", "stride", "preserve_ar")
+        stream = dict(defaults)
+        for key, value in updates.items():
+            if key not in valid:
+                raise ValueError(f"Bad key {key!r}: valid stream configuration keys are {valid}")
+            stream[key] = value
+        return stream
+
+    @staticmethod
+    def align_stream(stream_config: dict[str, Any], optimal: bool = True) -> None:
+        align = 32 if optimal else 2
+        width, height = stream_config["size"]
+        stream_config["size"] = (width - width % align, height - height % 2)
+
+    def create_video_configuration(
+        self,
+        main: dict[str, Any] = {},  # noqa: B006 - picamera2's own signature
+        lores: dict[str, Any] | None = None,
+        raw: dict[str, Any] | None = {},  # noqa: B006
+        transform: Transform = Transform(),  # noqa: B008
+        colour_space: ColorSpace | None = None,
+        buffer_count: int = 6,
+        controls: dict[str, Any] = {},  # noqa: B006
+        display: str | None = "main",
+        encode: str | None = "main",
+        queue: bool = True,
+        sensor: dict[str, Any] = {},  # noqa: B006
+        use_case: str = "video",
+    ) -> dict[str, Any]:
+        if not self.is_open:
+            raise RuntimeError("Camera not opened")
+        main_stream = self._stream({"format": "XBGR8888", "size": (1280, 720), "preserve_ar": True}, main)
+        assert main_stream is not None
+        self.align_stream(main_stream, optimal=False)
+        lores_stream = self._stream({"format": "YUV420", "size": main_stream["size"], "preserve_ar": False}, lores)
+        raw_stream = self._stream({"format": self.sensor_format, "size": main_stream["size"]}, raw)
+        if colour_space is None:
+            width, height = main_stream["size"]
+            colour_space = ColorSpace.Smpte170m() if width < 1280 or height < 720 else ColorSpace.Rec709()
+        return {
+            "use_case": use_case,
+            "transform": transform,
+            "colour_space": colour_space,
+            "buffer_count": buffer_count,
+            "queue": queue,
+            "main": main_stream,
+            "lores": lores_stream,
+            "raw": raw_stream,
+            "controls": {"NoiseReductionMode": 1, "FrameDurationLimits": (33333, 33333)} | controls,
+            "sensor": sensor,
+            "display": display,
+            "encode": encode,
+        }
+
+    def configure(self, camera_config: dict[str, Any] | None = None) -> None:
+        if self.started:
+            raise RuntimeError("Camera must be stopped before configuring")
+        if camera_config is None:
+            raise AssertionError("the fake only models explicit configurations")
+        self.configured_with = camera_config
+        config = {key: (dict(value) if isinstance(value, dict) else value) for key, value in camera_config.items()}
+        if not isinstance(config["transform"], Transform):
+            raise RuntimeError("Transform has incorrect type")
+        main = config["main"]
+        fmt = main["format"]
+        if fmt not in PIXEL_LAYOUTS:
+            raise RuntimeError(f"Bad format {fmt} in stream main (the fake models RGB formats only)")
+        size = main["size"]
+        if not isinstance(size, tuple) or len(size) != 2:
+            raise RuntimeError("size in main stream should be (width, height)")
+        if size[0] % 2 or size[1] % 2:
+            raise RuntimeError("width and height should be even")
+        align = self.system.stride_align_bytes
+        row_bytes = size[0] * PIXEL_LAYOUTS[fmt][1]
+        main["stride"] = -(-row_bytes // align) * align
+        main["framesize"] = main["stride"] * size[1]
+        limits = config["controls"].get("FrameDurationLimits", (33333, 33333))
+        # libcamera clips the requested frame duration to what the sensor mode can do.
+        self._frame_ns = max(int(limits[0]), self.system.sensor_min_frame_duration_us) * 1000
+        count = int(config["buffer_count"])
+        self._buffers = [np.full(main["framesize"], _PADDING_BYTE, dtype=np.uint8) for _ in range(count)]
+        self._free_buffers = list(range(count))
+        self.camera_config = config
+        self.configure_count += 1
+
+    def camera_configuration(self) -> dict[str, Any] | None:
+        return self.camera_config
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self, config: dict[str, Any] | None = None, show_preview: bool | None = False) -> None:
+        if config is not None:
+            self.configure(config)
+        if self.camera_config is None:
+            raise RuntimeError("Camera has not been configured")
+        if self.started:
+            return
+        self._start_ns = time.monotonic_ns()
+        self._next_sequence = 0
+        self.started = True
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        with self._lock:
+            self.started = False
+            self.stop_count += 1
+            while self._completed:
+                self._completed.pop(0).release()
+                self.system.frames_recycled += 1
+
+    def close(self) -> None:
+        if not self.is_open:
+            return
+        self.stop()
+        self.is_open = False
+        self.camera_config = None
+
+    def cancel_all_and_flush(self) -> None:
+        """Nothing is ever left queued here: a capture that cannot complete raises at once."""
+
+    def capture_request(self, wait: Any = None, signal_function: Any = None, flush: Any = None) -> CompletedRequest:
+        """The next completed request; with `flush`, the first whose exposure began at or after it."""
+        self.system.captures.append(CaptureCall(wait, flush))
+        if signal_function is not None:
+            raise AssertionError("the fake does not model asynchronous captures")
+        if flush is True:
+            flush = time.monotonic_ns()
+        if not self.is_open:
+            raise RuntimeError("Camera is not open")
+        if self.system.capture_errors:
+            raise self.system.capture_errors.pop(0)
+        with self._lock:
+            self._collect(keep=self._max_queue_len() + self.system.backlog)
+            self.system.backlog = 0
+            while True:
+                while self._completed:
+                    request = self._completed.pop(0)
+                    if flush and _exposure_start_ns(request) < flush:
+                        request.release()
+                        self.system.frames_recycled += 1
+                        continue
+                    self._trim(self._max_queue_len())
+                    self.system.handed_out.append(request)
+                    return request
+                self._wait_for_next_frame(wait)
+
+    # -- the simulated sensor ------------------------------------------------------------------
+
+    def _max_queue_len(self) -> int:
+        config = self.camera_config or {}
+        return 1 if config.get("queue") and config.get("buffer_count", 0) > 1 else 0
+
+    def _completion_ns(self, sequence: int) -> int:
+        return self._start_ns + sequence * self._frame_ns + round(self.system.latency_ms * 1e6)
+
+    def _collect(self, keep: int) -> None:
+        """Frames that completed while nobody asked: picamera2 recycles all but the newest `keep`."""
+        if not self.started or self.system.stalled:
+            return
+        now_ns = time.monotonic_ns()
+        while self._completion_ns(self._next_sequence) <= now_ns:
+            self._complete_next()
+            self._trim(keep)
+
+    def _trim(self, keep: int) -> None:
+        while len(self._completed) > keep:
+            self._completed.pop(0).release()
+            self.system.frames_recycled += 1
+
+    def _wait_for_next_frame(self, wait: Any) -> None:
+        timeout_s = None if wait is None or wait is True else float(wait)
+        if not self.started or self.system.stalled or not self._free_buffers:
+            if timeout_s is None:
+                raise AssertionError("capture_request would block forever: no frame can complete")
+            raise TimeoutError()  # what the job's Future.result(timeout) raises
+        delay_s = (self._completion_ns(self._next_sequence) - time.monotonic_ns()) / 1e9
+        if timeout_s is not None and delay_s > timeout_s:
+            raise TimeoutError()
+        if delay_s > 0:
+            time.sleep(delay_s)
+        self._complete_next()
+
+    def _complete_next(self) -> None:
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        if not self._free_buffers:
+            return  # the camera had nowhere to put this frame: it is lost
+        buffer_index = self._free_buffers.pop(0)
+        self._render(self._buffers[buffer_index])
+        sensor_ns = self._start_ns + sequence * self._frame_ns
+        metadata = {
+            "SensorTimestamp": sensor_ns,
+            "ExposureTime": self.system.exposure_us,
+            "FrameDuration": self._frame_ns // 1000,
+            "AnalogueGain": 1.0,
+            "DigitalGain": 1.0,
+            "ColourGains": (1.9, 1.6),
+            "ColourTemperature": 5000,
+            "Lux": 400.0,
+            "AeLocked": True,
+            "SensorBlackLevels": (4096, 4096, 4096, 4096),
+            "ScalerCrop": (0, 0, 4608, 2592),
+        }
+        self._completed.append(CompletedRequest(self, sequence, buffer_index, metadata))
+
+    def _render(self, buffer: np.ndarray) -> None:
+        """Lay the scene into a buffer as the ISP would for the configured format and transform."""
+        assert self.camera_config is not None
+        main = self.camera_config["main"]
+        width_px, height_px = main["size"]
+        order, bytes_per_px = PIXEL_LAYOUTS[main["format"]]
+        rgb = self.system.scene_for(width_px, height_px)
+        transform: Transform = self.camera_config["transform"]
+        if transform.hflip:
+            rgb = rgb[:, ::-1]
+        if transform.vflip:
+            rgb = rgb[::-1]
+        channels = {"R": rgb[..., 0], "G": rgb[..., 1], "B": rgb[..., 2]}
+        rows = buffer.reshape((height_px, main["stride"]))
+        rows[:] = _PADDING_BYTE
+        pixels = rows[:, : width_px * bytes_per_px].reshape((height_px, width_px, bytes_per_px))
+        for position, channel in enumerate(order):
+            pixels[..., position] = 255 if channel == "X" else channels[channel]
+
+    def _return_buffer(self, buffer_index: int) -> None:
+        # The camera reuses the buffer for a later frame; scribble on it so stale views would show.
+        self._buffers[buffer_index][:] = _PADDING_BYTE
+        self._free_buffers.append(buffer_index)
+
+
+class LegacyPicamera2(Picamera2):
+    """picamera2 before 0.3.15: capture_request has no `flush` argument."""
+
+    def capture_request(self, wait: Any = None, signal_function: Any = None) -> CompletedRequest:  # type: ignore[override]
+        return super().capture_request(wait=wait, signal_function=signal_function)
+
+
+def _exposure_start_ns(request: CompletedRequest) -> int:
+    metadata = request._metadata
+    return int(metadata["SensorTimestamp"]) - 1000 * int(metadata["ExposureTime"])
+
+
+def make_modules(system: FakeCameraSystem, flush_supported: bool = True) -> tuple[ModuleType, ModuleType]:
+    """(picamera2, libcamera) modules whose Picamera2 lives in `system`, for sys.modules."""
+    base = Picamera2 if flush_supported else LegacyPicamera2
+    camera_class: type[Picamera2] = type("Picamera2", (base,), {"system": system})
+    picamera2 = ModuleType("picamera2")
+    picamera2.Picamera2 = camera_class  # type: ignore[attr-defined]
+    picamera2.CompletedRequest = CompletedRequest  # type: ignore[attr-defined]
+    libcamera = ModuleType("libcamera")
+    libcamera.Transform = Transform  # type: ignore[attr-defined]
+    libcamera.ColorSpace = ColorSpace  # type: ignore[attr-defined]
+    return picamera2, libcamera
+
+
+def frame_index(sensor_timestamp_ns: int, camera: Picamera2) -> int:
+    """Which sensor frame a SensorTimestamp belongs to (exact: the fake's frames are evenly spaced)."""
+    return round((sensor_timestamp_ns - camera._start_ns) / camera._frame_ns)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
