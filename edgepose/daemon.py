@@ -17,13 +17,9 @@ from dataclasses import dataclass
 from edgepose import __version__
 from edgepose.config import Config, read_mqtt_password
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
-from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader
-from edgepose.inference.runtime import (
-    InterpreterBackend,
-    effective_threads,
-    load_runtime,
-    open_cpu_backend,
-)
+from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
+from edgepose.inference.backends import cpu_build, model_label, select_backend
+from edgepose.inference.runtime import InferenceBackend, load_runtime
 from edgepose.inference.stage import Mode, PoseStage, build_stage
 from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
 from edgepose.mqtt.payloads import HealthReport, encode, health_payload
@@ -74,7 +70,7 @@ class RunState:
 class Inference:
     """The model side, rebuilt when the `model` section changes."""
 
-    backend: InterpreterBackend
+    backend: InferenceBackend
     stage: PoseStage
     model: ResolvedModel
     num_threads: int
@@ -83,16 +79,14 @@ class Inference:
 
 def build_inference(config: Config) -> Inference:
     manifest = load_manifest()
-    model = resolve_model(config.model.name, default_model_dir(config.model.dir), manifest)
+    model_dir = default_model_dir(config.model.dir)
+    model = resolve_model(config.model.name, model_dir, manifest)
     runtime = load_runtime(config.model.runtime)
-    threads, warning = effective_threads(config.model.num_threads)
-    if warning:
-        log.warning(warning)
-    backend = open_cpu_backend(model.path, runtime, threads)
-    model_name = model.spec.name if model.spec else model.path.stem
+    choice = select_backend(config.model, model, manifest, model_dir, runtime)
     mode: Mode = "stills" if config.camera.source.startswith("images:") else "video"
-    stage = build_stage(backend, model_name, config.model, mode)
-    return Inference(backend, stage, model, threads, "model.backend: cpu")
+    # The payload names the network the user chose; `backend` says where it runs right now.
+    stage = build_stage(choice.backend, model_label(cpu_build(model, manifest, model_dir)), config.model, mode)
+    return Inference(choice.backend, stage, choice.model, choice.num_threads, choice.reason)
 
 
 def build_source(config: Config) -> FrameSource:
@@ -275,9 +269,13 @@ class Daemon:
         changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
         try:
             if new.model != old.model:
-                replacement = build_inference(new)
+                # Close first: a USB Coral can be held by one process (one interpreter) at a time.
                 self.inference.backend.close()
-                self.inference = replacement
+                try:
+                    self.inference = build_inference(new)
+                except EdgeposeError:
+                    self.inference = build_inference(old)
+                    raise
             if new.camera != old.camera or (new.camera.source == "demo" and new.model.dir != old.model.dir):
                 source = build_source(new)
                 self.source.close()
@@ -371,6 +369,7 @@ class Daemon:
             self._wake.wait(SUPERVISE_TICK_S)
             self._wake.clear()
             now = time.monotonic()
+            self.run_state.backend_problem = self.inference.backend.degraded_reason
             if self._watchdog is not None and self._watchdog.due(now, self.stats.last_inference_monotonic_s):
                 self.notifier.watchdog()
             if now >= next_health_s:
@@ -411,7 +410,8 @@ class Daemon:
             runtime=inference.backend.runtime.name,
             runtime_version=inference.backend.runtime.version,
             backend=inference.backend.kind,
-            backend_reason=inference.backend_reason,
+            backend_reason=inference.backend.degraded_reason or inference.backend_reason,
+            edgetpu_temp_c=read_edgetpu_temp_c(),
             model=inference.stage.model_name,
             source=self.source.description,
             num_threads=inference.num_threads,

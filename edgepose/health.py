@@ -6,7 +6,6 @@ enough; readers take snapshots. Latency windows are bounded deques: constant mem
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+
+from edgepose.inference.edgetpu import apex_nodes, apex_temperature_c
 
 LATENCY_WINDOW = 1024
 STAGES = ("capture_wait", "preprocess", "invoke", "decode", "publish")
@@ -105,12 +106,11 @@ def read_cpu_temp_c(thermal_root: Path = Path("/sys/class/thermal")) -> float | 
 
 
 def read_edgetpu_temp_c() -> float | None:
-    """PCIe/M.2 Coral temperature from the apex driver (millidegrees); the USB Accelerator has none."""
-    for node in sorted(glob.glob("/sys/class/apex/apex_*/temp")):
-        try:
-            return round(int(Path(node).read_text().strip()) / 1000.0, 1)
-        except (OSError, ValueError):
-            continue
+    """The first PCIe/M.2 Coral's temperature (the USB Accelerator reports none)."""
+    for node in apex_nodes():
+        temperature_c = apex_temperature_c(node.name)
+        if temperature_c is not None:
+            return round(temperature_c, 1)
     return None
 
 

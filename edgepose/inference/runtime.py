@@ -102,7 +102,13 @@ class InferenceBackend(Protocol):
     """What the estimator needs from an accelerator: one input tensor in, output tensors out."""
 
     @property
-    def kind(self) -> str: ...  # "cpu" | "edgetpu"
+    def kind(self) -> str: ...  # "cpu" | "edgetpu": where the next invoke runs
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def degraded_reason(self) -> str | None: ...  # set while running on a fallback
 
     @property
     def input_spec(self) -> TensorSpec: ...
@@ -120,10 +126,12 @@ class InferenceBackend(Protocol):
 class InterpreterBackend:
     """A TFLite interpreter (CPU/XNNPACK, or with the EdgeTPU delegate) behind `InferenceBackend`."""
 
+    degraded_reason: str | None = None
+
     def __init__(self, interpreter: Any, kind: str, runtime: Runtime, model_path: Path) -> None:
         self._interpreter = interpreter
         self._kind = kind
-        self.runtime = runtime
+        self._runtime = runtime
         self.model_path = model_path
         self._refresh_specs()
 
@@ -134,6 +142,10 @@ class InterpreterBackend:
     @property
     def kind(self) -> str:
         return self._kind
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
 
     @property
     def input_spec(self) -> TensorSpec:
@@ -212,10 +224,12 @@ def load_edgetpu_delegate(runtime: Runtime, device: str) -> Any:
             return runtime.load_delegate(EDGETPU_LIBRARY, options)
         except (ValueError, OSError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(
-                f"cannot load the EdgeTPU delegate {EDGETPU_LIBRARY} (device '{device}'): {reason}; "
-                "install libedgetpu1-std (scripts/install_pi.sh --coral) and check the Coral is attached"
-            ) from None
+        # Raised outside the except block: the half-built Delegate must not live on in __context__,
+        # where its failing __del__ would print after the quieting hook is gone.
+        raise BackendError(
+            f"cannot load the EdgeTPU delegate {EDGETPU_LIBRARY} (device '{device}'): {reason}; "
+            "install libedgetpu1-std (scripts/install_pi.sh --coral) and check the Coral is attached"
+        )
 
 
 def open_edgetpu_backend(model_path: Path, runtime: Runtime, device: str) -> InterpreterBackend:

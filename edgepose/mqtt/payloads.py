@@ -100,6 +100,7 @@ class HealthReport:
     runtime_version: str
     backend: str
     backend_reason: str | None
+    edgetpu_temp_c: float | None
     model: str
     source: str
     num_threads: int
@@ -123,6 +124,7 @@ def health_payload(report: HealthReport) -> dict[str, Any]:
         "runtime_version": report.runtime_version,
         "backend": report.backend,
         "backend_reason": report.backend_reason,
+        "edgetpu_temp_c": report.edgetpu_temp_c,
         "model": report.model,
         "source": report.source,
         "num_threads": report.num_threads,
