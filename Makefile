@@ -53,7 +53,7 @@ bench: models
 bench-runtimes: models
 	test -x .venv-tflite/bin/python || $(PYTHON) -m venv .venv-tflite
 	.venv-tflite/bin/pip install --quiet -e '.[tflite]'
-	.venv-tflite/bin/edgepose bench --runtime litert --runtime tflite --threads 1 2 --frames 1000 \
+	.venv-tflite/bin/edgepose bench --runtime litert --runtime tflite --threads 1 2 --frames 300 \
 		--paced-fps 0 --json bench/results/runtimes-latest.json
 
 bench-smoke: models

@@ -301,8 +301,9 @@ def read_mqtt_password(mqtt: MqttConfig) -> str | None:
     return None
 
 
-def _read_secret(path: Path, key: str) -> str:
+def _read_secret(path: Path, key: str) -> str | None:
+    """The secret, or None when the file is empty (the unit's SetCredential= fallback is a newline)."""
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
     except OSError as exc:
         raise ConfigError([f"{path}:0: {key}: cannot read password: {exc.strerror or exc}"]) from None

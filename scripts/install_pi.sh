@@ -340,8 +340,10 @@ venv() {
         write_file "$pth" 0644 <<<"$site"
         pip+=(--no-deps)
     fi
-    say "venv: pip install $REPO_ROOT"
-    run "${pip[@]}" "$REPO_ROOT"
+    # The [pi] extra pins numpy<2, which Debian's own numpy 1.24 (visible through
+    # --system-site-packages) satisfies: pip then adds no numpy of its own to shadow it.
+    say "venv: pip install ${REPO_ROOT}[pi]"
+    run "${pip[@]}" "${REPO_ROOT}[pi]"
     # picamera2 comes from apt, compiled against Debian's numpy; a numpy pulled into the venv by a
     # pip dependency shadows it. Say so now rather than when the camera is first opened.
     if [[ $DRY_RUN == 0 ]] && "$PYTHON" -c 'import picamera2' >/dev/null 2>&1 &&

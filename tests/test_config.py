@@ -114,6 +114,8 @@ def test_mqtt_password_from_systemd_credential(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     config, _ = load_config(None, ["mqtt.password_credential=mqtt_password"])
     assert read_mqtt_password(config.mqtt) == "s3cret"
+    (tmp_path / "mqtt_password").write_text("\n")  # the unit's SetCredential= fallback: no password
+    assert read_mqtt_password(config.mqtt) is None
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
         read_mqtt_password(config.mqtt)
