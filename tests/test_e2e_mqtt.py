@@ -160,3 +160,18 @@ def test_missing_model_names_the_fetch_command(broker: Broker, tmp_path: Path) -
     result = run_edgepose("run", "--set", "camera.source=synthetic", model_dir=tmp_path, timeout_s=30)
     assert result.returncode == 66
     assert "run `edgepose models fetch movenet_lightning_int8`" in result.stderr
+
+
+def test_backend_auto_without_a_coral_runs_on_cpu_and_says_why(
+    broker: Broker, subscribe: Any, people_video: Path, model_dir: Path
+) -> None:
+    """No Coral and no libedgetpu here: auto must fall to the CPU and report the reason in health."""
+    collector = subscribe(broker)
+    args = _run_args(broker, f"file:{people_video}", "autobackend")
+    result = run_edgepose(*args, "--set", "model.backend=auto", "--max-frames", "3", model_dir=model_dir)
+    assert result.returncode == 0, result.stderr
+    health = [json.loads(p) for p in collector.wait_for("autobackend/health", 2, timeout_s=5)]
+    assert health[-1]["backend"] == "cpu"
+    assert health[-1]["backend_reason"].startswith("auto: no EdgeTPU found")
+    keypoints = [json.loads(p) for p in collector.on("autobackend/keypoints")]
+    assert {p["backend"] for p in keypoints} == {"cpu"}
