@@ -91,6 +91,8 @@ class PoseStage(Protocol):
 class _StageBase:
     backend: InferenceBackend
     _model_name: str
+    score_threshold: float
+    _smoother: KeypointSmoother | None = None
 
     @property
     def model_name(self) -> str:
@@ -123,6 +125,20 @@ class _StageBase:
         started = time.perf_counter()
         outputs = self.invoke(prepared)
         return self.finish(prepared, outputs, (time.perf_counter() - started) * 1e3, stats)
+
+    def _single_pose_result(
+        self, prepared: Prepared, keypoints: np.ndarray, invoke_ms: float, stats: PipelineStats, started_s: float
+    ) -> InferenceResult:
+        """Smooth (video), threshold and record one frame-normalized (17, 3) pose."""
+        frame = prepared.frame
+        if self._smoother is not None:
+            keypoints[:, :2] = self._smoother.update(
+                keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
+            )
+        pose = keypoints_to_pose(keypoints)
+        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - started_s) * 1e3)
+        poses = (pose,) if pose.score >= self.score_threshold else ()
+        return self._result(prepared, poses, self._smoother is not None, invoke_ms)
 
     def _result(self, prepared: Prepared, poses: tuple[Pose, ...], smoothed: bool, invoke_ms: float) -> InferenceResult:
         frame = prepared.frame
@@ -215,14 +231,7 @@ class SinglePoseStage(_StageBase):
         if self._crop is not None:
             with self._crop_lock:
                 self._crop.next_box(keypoints, frame.height_px, frame.width_px)
-        smoothed = self._smoother is not None
-        if self._smoother is not None:
-            keypoints[:, :2] = self._smoother.update(
-                keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
-            )
-        pose = keypoints_to_pose(keypoints)
-        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
-        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), smoothed, invoke_ms)
+        return self._single_pose_result(prepared, keypoints, invoke_ms, stats, start)
 
     def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
         if not (self.mode == "stills" and self.smart_crop):
@@ -339,20 +348,12 @@ class PoseNetStage(_StageBase):
         self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
     ) -> InferenceResult:
         start = time.perf_counter()
-        frame = prepared.frame
         heatmaps, offsets, *_ = outputs
         in_h, in_w = prepared.tensor.shape[1], prepared.tensor.shape[2]
         model_keypoints = decode_single_pose(heatmaps, offsets, in_h, in_w)
         keypoints = model_keypoints.copy()
         keypoints[:, :2] = box_to_frame(model_keypoints[:, :2], prepared.box)
-        smoothed = self._smoother is not None
-        if self._smoother is not None:
-            keypoints[:, :2] = self._smoother.update(
-                keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
-            )
-        pose = keypoints_to_pose(keypoints)
-        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
-        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), smoothed, invoke_ms)
+        return self._single_pose_result(prepared, keypoints, invoke_ms, stats, start)
 
 
 def build_stage(backend: InferenceBackend, model_name: str, config: ModelConfig, mode: Mode) -> PoseStage:
