@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Install edgepose as a systemd service on Raspberry Pi OS Bookworm (or Ubuntu for Raspberry Pi).
 # Safe to run again: every step checks what is already there. Run with --help for the options.
 set -euo pipefail
@@ -79,22 +80,8 @@ Uninstall: scripts/uninstall_pi.sh (keeps config and models unless --purge).
 EOF
 }
 
-say() { printf '==> %s\n' "$*"; }
-warn() { printf 'install_pi.sh: warning: %s\n' "$*" >&2; }
-die() {
-    printf 'install_pi.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-
-# Every change to the system goes through run(): printed, and executed unless --dry-run.
-run() {
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-    if [[ $DRY_RUN == 0 ]]; then
-        "$@"
-    fi
-}
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # write_file DEST MODE: writes stdin to DEST (atomically, via a temporary file next to it).
 write_file() {
@@ -153,11 +140,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-if [[ -n $ROOT ]]; then
-    [[ $ROOT == /* ]] || ROOT="$PWD/$ROOT"
-    ROOT="${ROOT%/}"
-    [[ -n $ROOT ]] || die "--root / is the host itself: leave --root out"
-fi
+normalize_root
 if [[ -z $PYTHON ]]; then
     PYTHON=${DEPS_FROM:-/usr/bin/python3}
 fi

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Remove what scripts/install_pi.sh installed. Safe to run again; keeps config and models unless --purge.
 set -euo pipefail
 
@@ -33,21 +34,8 @@ Options:
 EOF
 }
 
-say() { printf '==> %s\n' "$*"; }
-warn() { printf 'uninstall_pi.sh: warning: %s\n' "$*" >&2; }
-die() {
-    printf 'uninstall_pi.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-
-run() {
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-    if [[ $DRY_RUN == 0 ]]; then
-        "$@"
-    fi
-}
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -68,10 +56,8 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
+normalize_root
 if [[ -n $ROOT ]]; then
-    [[ $ROOT == /* ]] || ROOT="$PWD/$ROOT"
-    ROOT="${ROOT%/}"
-    [[ -n $ROOT ]] || die "--root / is the host itself: leave --root out"
     [[ -d $ROOT ]] || die "--root $ROOT: no such directory"
 fi
 if [[ $EUID -ne 0 && -z $ROOT && $DRY_RUN == 0 ]]; then

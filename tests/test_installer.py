@@ -118,10 +118,14 @@ def mirror_sha256(name: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, REPO / "scripts" / "common.sh"], ids=lambda p: p.name)
 def test_shellcheck_clean(script: Path) -> None:
+    # -x follows `source common.sh`, so the sourced helpers are checked in context too.
     proc = subprocess.run(
-        ["shellcheck", "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True, check=False
+        ["shellcheck", "-x", "--shell=bash", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
