@@ -175,3 +175,15 @@ def test_backend_auto_without_a_coral_runs_on_cpu_and_says_why(
     assert health[-1]["backend_reason"].startswith("auto: no EdgeTPU found")
     keypoints = [json.loads(p) for p in collector.on("autobackend/keypoints")]
     assert {p["backend"] for p in keypoints} == {"cpu"}
+
+
+def test_demo_source_finds_people(broker: Broker, subscribe: Any, model_dir: Path) -> None:
+    """`make run`'s source: the fetched sample photos, panned and zoomed like a camera at 30 fps."""
+    collector = subscribe(broker)
+    result = run_edgepose(*_run_args(broker, "demo", "demo"), "--max-frames", "20", model_dir=model_dir)
+    assert result.returncode == 0, result.stderr
+    keypoints = [json.loads(p) for p in collector.wait_for("demo/keypoints", 20, timeout_s=5)]
+    assert len(keypoints) == 20
+    assert all(p["frame"] == {"width": 640, "height": 480} for p in keypoints)
+    assert sum(1 for p in keypoints if p["poses"] and p["poses"][0]["score"] > 0.4) >= 18
+    assert all(p["smoothed"] for p in keypoints)
