@@ -260,3 +260,48 @@ def test_logs_go_to_journald_only_when_stderr_is_the_journal(broker: Broker, mod
     assert lines, output
     assert all(line[0] == "<" and line[2] == ">" for line in lines), lines
     assert any(line.startswith("<4>edgepose.daemon: model.num_threads") or line.startswith("<6>") for line in lines)
+
+
+def test_sighup_rebuilds_camera_model_and_mqtt_that_changed(
+    broker: Broker, subscribe: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "edgepose.yaml"
+    config.write_text(
+        f"device_id: rebuild\ncamera:\n  source: synthetic:20\n  width: 640\nmodel:\n  smart_crop: true\n"
+        f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n  base_topic: before\n"
+    )
+    notify = NotifySocket(str(tmp_path / "n.sock"))
+    collector = subscribe(broker, "#")
+    process = subprocess.Popen(
+        edgepose_command("run", "-c", str(config)),
+        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        notify.wait_for("READY=1")
+        before = json.loads(collector.wait_for("before/rebuild/keypoints", 3, timeout_s=10)[-1])
+        assert before["frame"]["width"] == 640
+        config.write_text(
+            config.read_text()
+            .replace("width: 640", "width: 320")
+            .replace("smart_crop: true", "smart_crop: false")
+            .replace("base_topic: before", "base_topic: after")
+        )
+        process.send_signal(signal.SIGHUP)
+        assert len(notify.wait_for("READY=1", count=2, timeout_s=10)) == 2
+        after = [json.loads(p) for p in collector.wait_for("after/rebuild/keypoints", 3, timeout_s=10)]
+        assert len(after) >= 3, "no keypoints on the new base topic after reload"
+        assert all(p["frame"]["width"] == 320 for p in after)
+        # Without smart crop every frame is the plain letterbox: 320x480 padded 80 px left and right.
+        assert all(p["crop"] == {"ymin": 0.0, "xmin": -0.25, "ymax": 1.0, "xmax": 1.25} for p in after)
+        assert [p.decode() for p in collector.wait_for("before/rebuild/status", 2, timeout_s=5)][-1] == "offline"
+        assert [p.decode() for p in collector.wait_for("after/rebuild/status", 1, timeout_s=5)][-1] == "online"
+        seqs = [p["seq"] for p in after]
+        assert seqs[0] > before["seq"], "seq restarted on reload; it counts per run"
+    finally:
+        code, stderr, _ = _stop(process)
+        notify.close()
+    assert code == 0, stderr
+    assert "configuration reloaded; changed: camera, model, mqtt" in stderr
