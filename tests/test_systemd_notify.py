@@ -81,6 +81,16 @@ def _start(broker: Broker, model_dir: Path, notify: NotifySocket, *args: str, **
     )
 
 
+def _start_with_config(config: Path, model_dir: Path, notify: NotifySocket) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        edgepose_command("run", "-c", str(config)),
+        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _stop(process: subprocess.Popen[str]) -> tuple[int, str, float]:
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -142,13 +152,7 @@ def test_sighup_applies_a_valid_change_and_survives_an_invalid_file(
     )
     notify = NotifySocket(str(tmp_path / "n.sock"))
     collector = subscribe(broker)
-    process = subprocess.Popen(
-        edgepose_command("run", "-c", str(config)),
-        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_with_config(config, model_dir, notify)
     try:
         notify.wait_for("READY=1")
         assert len(collector.wait_for("hup/health", 1, timeout_s=5)) == 1
@@ -272,13 +276,7 @@ def test_sighup_rebuilds_camera_model_and_mqtt_that_changed(
     )
     notify = NotifySocket(str(tmp_path / "n.sock"))
     collector = subscribe(broker, "#")
-    process = subprocess.Popen(
-        edgepose_command("run", "-c", str(config)),
-        env=edgepose_env(model_dir, NOTIFY_SOCKET=notify.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_with_config(config, model_dir, notify)
     try:
         notify.wait_for("READY=1")
         before = json.loads(collector.wait_for("before/rebuild/keypoints", 3, timeout_s=10)[-1])

@@ -259,11 +259,8 @@ def test_docs_cover_every_directive() -> None:
 # ---------------------------------------------------------------------------------------------
 # The two measured sandbox decisions, on this machine's architecture
 
-# Installs the same seccomp rules systemd 252 uses for MemoryDenyWriteExecute=yes (mmap with
-# PROT_WRITE|PROT_EXEC, mprotect/pkey_mprotect with PROT_EXEC, shmat with SHM_EXEC -> EPERM),
-# proves it bites, then runs what the daemon runs: LiteRT with XNNPACK, OpenCV, a ctypes callback.
-MDWE_PROBE = r"""
-import ctypes, ctypes.util, errno, mmap, sys
+# The libseccomp calls both probes below make, for the child interpreter they run in.
+SECCOMP_BINDINGS = r"""
 lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
 class Arg(ctypes.Structure):
     _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
@@ -273,7 +270,17 @@ lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
 lib.seccomp_rule_add_exact_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                              ctypes.POINTER(Arg)]
 lib.seccomp_load.argtypes = [ctypes.c_void_p]
-ALLOW, DENY, MASKED_EQ = 0x7FFF0000, 0x00050000 | errno.EPERM, 7
+"""
+
+# Installs the same seccomp rules systemd 252 uses for MemoryDenyWriteExecute=yes (mmap with
+# PROT_WRITE|PROT_EXEC, mprotect/pkey_mprotect with PROT_EXEC, shmat with SHM_EXEC -> EPERM),
+# proves it bites, then runs what the daemon runs: LiteRT with XNNPACK, OpenCV, a ctypes callback.
+MDWE_PROBE = (
+    r"""
+import ctypes, ctypes.util, errno, mmap, sys
+"""
+    + SECCOMP_BINDINGS
+    + r"""ALLOW, DENY, MASKED_EQ = 0x7FFF0000, 0x00050000 | errno.EPERM, 7
 W, X = mmap.PROT_WRITE, mmap.PROT_EXEC
 ctx = lib.seccomp_init(ALLOW)
 for name, mask, want in (("mmap", W | X, W | X), ("mprotect", X, X), ("pkey_mprotect", X, X),
@@ -296,6 +303,7 @@ it.invoke()
 print("keypoints", it.get_tensor(it.get_output_details()[0]["index"]).shape)
 print("ctypes callback", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda v: v + 1)(41))
 """
+)
 
 
 def _have(module: str) -> bool:
@@ -324,19 +332,13 @@ def test_litert_runs_under_memory_deny_write_execute() -> None:
 # setting; the kernel applies the strictest answer): SystemCallFilter= as an allow-list with
 # SystemCallErrorNumber=EPERM, MemoryDenyWriteExecute=, RestrictAddressFamilies=. Then the real
 # daemon runs inside it: synthetic frames, the real model on the CPU, a real broker, sd_notify.
-SANDBOX_PROBE = r"""
+SANDBOX_PROBE = (
+    r"""
 import ctypes, ctypes.util, errno, json, mmap, runpy, socket, sys
 allowed_syscalls, allowed_families, argv = json.loads(sys.argv[1])
-lib = ctypes.CDLL(ctypes.util.find_library("seccomp"))
-class Arg(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
-lib.seccomp_init.restype = ctypes.c_void_p
-lib.seccomp_init.argtypes = [ctypes.c_uint32]
-lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-lib.seccomp_rule_add_exact_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                             ctypes.POINTER(Arg)]
-lib.seccomp_load.argtypes = [ctypes.c_void_p]
-ALLOW, ERRNO, EQ, GE, MASKED_EQ = 0x7FFF0000, 0x00050000, 4, 5, 7
+"""
+    + SECCOMP_BINDINGS
+    + r"""ALLOW, ERRNO, EQ, GE, MASKED_EQ = 0x7FFF0000, 0x00050000, 4, 5, 7
 def nr(name):
     return lib.seccomp_syscall_resolve_name(name.encode())
 def rule(ctx, action, name, *args):
@@ -372,6 +374,7 @@ for denied in (lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | W | X),
 sys.argv = ["edgepose", *argv]
 runpy.run_module("edgepose", run_name="__main__")
 """
+)
 
 
 def expanded_syscall_set(group: str, groups: dict[str, list[str]]) -> set[str]:
