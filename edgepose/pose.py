@@ -76,8 +76,3 @@ class Estimate:
     smoothed: bool = False
     extras: dict[str, float] = field(default_factory=dict)
 
-
-def mean_score(keypoints: tuple[Keypoint, ...]) -> float:
-    if not keypoints:
-        return 0.0
-    return sum(k.score for k in keypoints) / len(keypoints)

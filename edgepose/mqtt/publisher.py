@@ -39,7 +39,6 @@ class MqttPublisher:
         self.stats = MqttStats()
         self._retained_on_connect: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
-        self._connected_event = threading.Event()
         self._stopping = False
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -72,9 +71,6 @@ class MqttPublisher:
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self._client.loop_start()
 
-    def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected_event.wait(timeout_s)
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self.stats.last_error = f"connect refused: {reason_code}"
@@ -82,7 +78,6 @@ class MqttPublisher:
             return
         self.stats.connected = True
         self.stats.connects += 1
-        self._connected_event.set()
         log.info("MQTT connected to %s (connection %d)", self.address, self.stats.connects)
         client.publish(self.topics.status, STATUS_ONLINE, qos=self.config.qos.status, retain=True)
         with self._lock:
@@ -93,7 +88,6 @@ class MqttPublisher:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_connected = self.stats.connected
         self.stats.connected = False
-        self._connected_event.clear()
         if was_connected and not self._stopping:
             self.stats.disconnects += 1
             self.stats.last_error = f"disconnected: {reason_code}"
