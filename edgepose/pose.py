@@ -75,4 +75,3 @@ class Estimate:
     crop: CropBox | None = None
     smoothed: bool = False
     extras: dict[str, float] = field(default_factory=dict)
-
