@@ -51,6 +51,12 @@ def _build_parser() -> argparse.ArgumentParser:
     infer.add_argument("-c", "--config", type=Path, help="YAML config for model settings")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     infer.add_argument("--json", action="store_true", help="one JSON object per line")
+    infer.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="OUT",
+        help="also write each image with its skeleton drawn: into directory OUT, or to file OUT for one image",
+    )
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -189,14 +195,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from edgepose.stills import infer_images
+    from edgepose.stills import annotation_paths, infer_images, write_annotated
 
     config, _ = _load(args.config, args.overrides)
-    for result in infer_images(config, args.images, args.model):
+    targets = annotation_paths(args.annotate, args.images) if args.annotate is not None else None
+    for index, result in enumerate(infer_images(config, args.images, args.model)):
+        annotated = None
+        if targets is not None:
+            annotated = targets[index]
+            write_annotated(result, annotated, config.model.score_threshold)
         if args.json:
-            print(json.dumps(result.as_json()), flush=True)
+            line = result.as_json() | ({"annotated": str(annotated)} if annotated is not None else {})
+            print(json.dumps(line), flush=True)
         else:
-            print(result.as_text(), flush=True)
+            print(result.as_text() + (f"\n  annotated: {annotated}" if annotated is not None else ""), flush=True)
     return EXIT_OK
 
 

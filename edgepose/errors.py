@@ -64,3 +64,15 @@ class InputFileError(EdgeposeError):
 
 class BackendError(EdgeposeError):
     exit_code = EXIT_UNAVAILABLE
+
+
+class UsageError(EdgeposeError):
+    """A command line that cannot be carried out as given (e.g. one output file for many images)."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputError(EdgeposeError):
+    """A result file could not be written."""
+
+    exit_code = EXIT_IO

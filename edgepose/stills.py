@@ -8,14 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
+from edgepose.annotate import annotate
 from edgepose.config import Config
+from edgepose.errors import OutputError, UsageError
 from edgepose.health import PipelineStats
 from edgepose.inference.runtime import effective_threads, load_runtime, open_cpu_backend
 from edgepose.inference.stage import build_stage
 from edgepose.models import default_model_dir, load_manifest, resolve_model
-from edgepose.pose import Pose
+from edgepose.pose import CropBox, Pose
 from edgepose.sources.base import Frame, now_stamps
-from edgepose.sources.images import read_rgb
+from edgepose.sources.images import IMAGE_SUFFIXES, read_rgb
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class StillResult:
     width_px: int
     height_px: int
     pose: Pose | None
+    crop: CropBox | None = None
+    image_rgb: np.ndarray | None = None  # the decoded input, for --annotate; not part of the output
 
     def as_json(self) -> dict[str, Any]:
         keypoints = self.pose.keypoints if self.pose is not None else ()
@@ -69,4 +76,44 @@ def infer_images(config: Config, images: Sequence[Path], model_name: str | None 
         wall, mono = now_stamps()
         result = stage.process(Frame(image, wall, mono, index), stats)
         best = max(result.poses, key=lambda p: p.score, default=None)
-        yield StillResult(path, image.shape[1], image.shape[0], best)
+        yield StillResult(path, image.shape[1], image.shape[0], best, result.crop, image)
+
+
+def annotation_paths(out: Path, images: Sequence[Path]) -> list[Path]:
+    """Where `infer --annotate OUT` writes each image: OUT itself when it names an image file and one
+    image is given, else OUT/<input file name>. Checked before any inference, so a mistake costs nothing."""
+    names_a_file = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    if names_a_file:
+        if len(images) != 1:
+            raise UsageError(
+                f"--annotate {out}: a file name takes exactly one image, got {len(images)}; give a directory"
+            )
+        targets = [out]
+    else:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--annotate {out}: exists and is not a directory")
+        targets = [out / image.name for image in images]
+        seen: dict[Path, Path] = {}
+        for image, target in zip(images, targets, strict=True):
+            if target in seen:
+                raise UsageError(f"--annotate {out}: {seen[target]} and {image} would both be written to {target}")
+            seen[target] = image
+    for image, target in zip(images, targets, strict=True):
+        if target.exists() and image.exists() and target.resolve() == image.resolve():
+            raise UsageError(f"--annotate {out}: would overwrite the input {image}; choose another directory")
+    return targets
+
+
+def write_annotated(result: StillResult, target: Path, score_threshold: float) -> None:
+    """The input with its pose drawn (same size as the input), in the format `target`'s suffix names."""
+    if result.image_rgb is None:
+        raise ValueError("write_annotated needs a result that carries its image")
+    poses = (result.pose,) if result.pose is not None else ()
+    drawn = annotate(result.image_rgb, poses, result.crop, score_threshold)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error) as exc:
+        raise OutputError(f"cannot write {target}: {exc}") from exc
+    if not ok:
+        raise OutputError(f"cannot write {target}: OpenCV could not encode or save it")
