@@ -81,7 +81,9 @@ def annotate(
         return round(x * width_px), round(y * height_px)
 
     if crop is not None:
-        cv2.rectangle(canvas, px(crop.xmin, crop.ymin), px(crop.xmax, crop.ymax), CROP_RGB, max(1, thickness // 2), cv2.LINE_8)
+        cv2.rectangle(
+            canvas, px(crop.xmin, crop.ymin), px(crop.xmax, crop.ymax), CROP_RGB, max(1, thickness // 2), cv2.LINE_8
+        )
     for pose in poses:
         if pose.bbox is not None:
             box = pose.bbox
