@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edgepose import __version__
-from edgepose.config import Config, default_config_path, load_config
+from edgepose.config import Config, SourceKind, default_config_path, load_config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError
 
 if TYPE_CHECKING:
@@ -274,6 +274,6 @@ def _names_for_config(config: Config, manifest: Manifest) -> list[str]:
             names.append(spec.edgetpu_twin)
         if spec.cpu_twin:
             names.append(spec.cpu_twin)
-    if config.camera.source == "demo":
+    if config.camera.source.kind == SourceKind.DEMO:
         names += list(manifest.samples)
     return names

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from edgepose.errors import ConfigError
 
@@ -24,10 +25,149 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SourceKind(StrEnum):
+    """What `camera.source` names; the string forms are `kind` or `kind:value`."""
+
+    AUTO = "auto"
+    PICAMERA2 = "picamera2"
+    V4L2 = "v4l2"
+    USB = "usb"
+    FILE = "file"
+    IMAGES = "images"
+    DEMO = "demo"
+    SYNTHETIC = "synthetic"
+
+
+# Sources that are a physical camera: only one holder may open the device at a time.
+DEVICE_KINDS = frozenset({SourceKind.AUTO, SourceKind.PICAMERA2, SourceKind.V4L2, SourceKind.USB})
+
+
+class _SourceSpec(_Section):
+    kind: SourceKind
+
+    @property
+    def is_device(self) -> bool:
+        return self.kind in DEVICE_KINDS
+
+
+class AutoSpec(_SourceSpec):
+    """picamera2 with a camera attached, else the first V4L2 device."""
+
+    kind: Literal[SourceKind.AUTO] = SourceKind.AUTO
+
+    def __str__(self) -> str:
+        return "auto"
+
+
+class Picamera2Spec(_SourceSpec):
+    kind: Literal[SourceKind.PICAMERA2] = SourceKind.PICAMERA2
+
+    def __str__(self) -> str:
+        return "picamera2"
+
+
+class V4l2Spec(_SourceSpec):
+    kind: Literal[SourceKind.V4L2] = SourceKind.V4L2
+    device: str = Field(min_length=1, description="a device node such as /dev/video0")
+
+    def __str__(self) -> str:
+        return f"v4l2:{self.device}"
+
+
+class UsbSpec(_SourceSpec):
+    kind: Literal[SourceKind.USB] = SourceKind.USB
+    index: int = Field(ge=0, description="OpenCV's camera index")
+
+    def __str__(self) -> str:
+        return f"usb:{self.index}"
+
+
+class FileSpec(_SourceSpec):
+    kind: Literal[SourceKind.FILE] = SourceKind.FILE
+    path: Path
+
+    def __str__(self) -> str:
+        return f"file:{self.path}"
+
+
+class ImagesSpec(_SourceSpec):
+    kind: Literal[SourceKind.IMAGES] = SourceKind.IMAGES
+    pattern: str = Field(min_length=1, description="a glob or a directory of photos")
+
+    def __str__(self) -> str:
+        return f"images:{self.pattern}"
+
+
+class DemoSpec(_SourceSpec):
+    kind: Literal[SourceKind.DEMO] = SourceKind.DEMO
+
+    def __str__(self) -> str:
+        return "demo"
+
+
+class SyntheticSpec(_SourceSpec):
+    kind: Literal[SourceKind.SYNTHETIC] = SourceKind.SYNTHETIC
+    fps: float | None = Field(None, gt=0, description="paced like a camera at this rate; none: as fast as asked")
+
+    def __str__(self) -> str:
+        return "synthetic" if self.fps is None else f"synthetic:{self.fps:g}"
+
+
+_SOURCE_FORMS = "auto, picamera2, demo, synthetic[:FPS], file:PATH, images:GLOB_OR_DIR, v4l2:/dev/videoN or usb:N"
+
+
+def parse_source(value: object) -> object:
+    """The string forms of `camera.source` -> the fields of one variant. The only place they are parsed."""
+    if not isinstance(value, str):
+        return value  # a mapping (`{kind: file, path: ...}`) or an already typed value
+    text = value.strip()
+    kind_text, colon, arg = text.partition(":")
+    try:
+        kind = SourceKind(kind_text)
+    except ValueError:
+        raise ValueError(f"unknown source '{value}': use {_SOURCE_FORMS}") from None
+    if colon and not arg:
+        raise ValueError(f"'{value}' needs a value after the colon")
+    bare = {SourceKind.AUTO, SourceKind.PICAMERA2, SourceKind.DEMO}
+    if kind in bare:
+        if colon:
+            raise ValueError(f"'{value}': {kind.value} takes no value after a colon")
+        return {"kind": kind}
+    if kind == SourceKind.SYNTHETIC:
+        if not colon:
+            return {"kind": kind}
+        try:
+            return {"kind": kind, "fps": float(arg)}
+        except ValueError:
+            raise ValueError(f"'{value}': expected frames per second, e.g. synthetic:30") from None
+    if not colon:
+        raise ValueError(f"'{value}' needs a value after a colon, e.g. {kind.value}:{_EXAMPLE_ARGS[kind]}")
+    if kind == SourceKind.USB:
+        if not arg.isdigit():
+            raise ValueError(f"usb:{arg}: expected a camera index such as usb:0")
+        return {"kind": kind, "index": int(arg)}
+    field_name = {SourceKind.FILE: "path", SourceKind.IMAGES: "pattern", SourceKind.V4L2: "device"}[kind]
+    return {"kind": kind, field_name: arg}
+
+
+_EXAMPLE_ARGS = {
+    SourceKind.FILE: "/path/to/video.mp4",
+    SourceKind.IMAGES: "/path/to/photos",
+    SourceKind.V4L2: "/dev/video0",
+    SourceKind.USB: "0",
+}
+
+SourceSpec = Annotated[
+    AutoSpec | Picamera2Spec | V4l2Spec | UsbSpec | FileSpec | ImagesSpec | DemoSpec | SyntheticSpec,
+    Field(discriminator="kind"),
+    BeforeValidator(parse_source),
+]
+
+
 class CameraConfig(_Section):
-    source: str = Field(
-        "auto",
-        description="auto | picamera2 | demo | synthetic | file:PATH | images:GLOB_OR_DIR | v4l2:/dev/videoN | usb:N",
+    source: SourceSpec = Field(
+        AutoSpec(),
+        description=f"one of {_SOURCE_FORMS}; or a mapping such as {{kind: file, path: /x.mp4}}",
     )
     width: int = Field(640, ge=16, le=4096)
     height: int = Field(480, ge=16, le=4096)
@@ -39,20 +179,6 @@ class CameraConfig(_Section):
     rotation: Literal[0, 180] = 0
     buffer_count: int = Field(3, ge=2, le=8)
     reopen_backoff_max_s: float = Field(10.0, gt=0)
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        plain = {"auto", "picamera2", "demo", "synthetic"}
-        prefixed = ("file:", "images:", "v4l2:", "usb:", "synthetic:")
-        if value in plain or value.startswith(prefixed):
-            if value.startswith(prefixed) and value.split(":", 1)[1] == "":
-                raise ValueError(f"'{value}' needs a value after the colon")
-            return value
-        raise ValueError(
-            f"unknown source '{value}': use auto, picamera2, demo, synthetic, file:PATH, "
-            "images:GLOB_OR_DIR, v4l2:/dev/videoN or usb:N"
-        )
 
 
 class SmoothingConfig(_Section):

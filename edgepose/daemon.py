@@ -11,20 +11,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from edgepose import __version__
-from edgepose.config import Config, read_mqtt_password
+from edgepose.config import Config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
-from edgepose.inference.backends import cpu_build, model_label, select_backend
-from edgepose.inference.runtime import InferenceBackend, load_runtime
-from edgepose.inference.stage import Mode, PoseStage, build_stage
-from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
 from edgepose.mqtt.payloads import HealthReport, encode, health_payload
-from edgepose.mqtt.publisher import MqttPublisher
-from edgepose.mqtt.topics import Topics
+from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, build_bundle, rebuild
 from edgepose.pipeline import (
     CaptureLoop,
     EndOfStream,
@@ -40,7 +36,6 @@ from edgepose.pipeline import (
     SequentialSlot,
 )
 from edgepose.sources.base import FrameSource
-from edgepose.sources.factory import open_source
 from edgepose.systemd import Notifier, WatchdogGate
 
 log = logging.getLogger(__name__)
@@ -51,55 +46,29 @@ SUPERVISE_TICK_S = 0.1
 STATUS_PERIOD_S = 2.0
 
 
+class DaemonState(StrEnum):
+    """`state` in health; serialised as these strings."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
 @dataclass
 class RunState:
     """What health reports as `state`; written by the daemon and the capture thread."""
 
-    state: str = "starting"
+    state: DaemonState = DaemonState.STARTING
     camera_problem: str | None = None
     backend_problem: str | None = None
+    reload_problem: str | None = None  # the last reload failed: the previous configuration runs
 
-    def current(self) -> tuple[str, str | None]:
-        if self.state in ("starting", "stopping"):
+    def current(self) -> tuple[DaemonState, str | None]:
+        if self.state in (DaemonState.STARTING, DaemonState.STOPPING):
             return self.state, None
-        problem = self.camera_problem or self.backend_problem
-        return ("degraded", problem) if problem else ("running", None)
-
-
-@dataclass
-class Inference:
-    """The model side, rebuilt when the `model` section changes."""
-
-    backend: InferenceBackend
-    stage: PoseStage
-    model: ResolvedModel
-    num_threads: int
-    backend_reason: str | None
-
-
-def build_inference(config: Config) -> Inference:
-    manifest = load_manifest()
-    model_dir = default_model_dir(config.model.dir)
-    model = resolve_model(config.model.name, model_dir, manifest)
-    runtime = load_runtime(config.model.runtime)
-    choice = select_backend(config.model, model, manifest, model_dir, runtime)
-    mode: Mode = "stills" if config.camera.source.startswith("images:") else "video"
-    # The payload names the network the user chose; `backend` says where it runs right now.
-    stage = build_stage(choice.backend, model_label(cpu_build(model, manifest, model_dir)), config.model, mode)
-    return Inference(choice.backend, stage, choice.model, choice.num_threads, choice.reason)
-
-
-def build_source(config: Config) -> FrameSource:
-    photos = None
-    if config.camera.source == "demo":
-        photos = sample_paths(default_model_dir(config.model.dir), load_manifest())
-    return open_source(config.camera, photos)
-
-
-def build_publisher(config: Config) -> MqttPublisher:
-    password = read_mqtt_password(config.mqtt)
-    client_id = config.mqtt.client_id or f"edgepose-{config.device_id}"
-    return MqttPublisher(config.mqtt, Topics(config.mqtt.base_topic, config.device_id), client_id, password)
+        problems = [p for p in (self.camera_problem, self.backend_problem, self.reload_problem) if p]
+        return (DaemonState.DEGRADED, "; ".join(problems)) if problems else (DaemonState.RUNNING, None)
 
 
 @dataclass
@@ -114,7 +83,7 @@ class PipelineThreads:
 
 
 class Daemon:
-    """Owns the components, the pipeline threads and the lifecycle (start, reload, stop)."""
+    """Owns the bundle of parts (see parts.py), the pipeline threads and the lifecycle (start, reload, stop)."""
 
     def __init__(
         self,
@@ -122,8 +91,11 @@ class Daemon:
         max_frames: int | None = None,
         reload_config: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
+        parts: Sequence[PartSpec] = PARTS,
     ) -> None:
         self.config = config
+        self.part_specs = tuple(parts)  # tests pass instrumented or stand-in parts here
+        self.reloads = 0  # reload requests handled, applied or not
         self.max_frames = max_frames
         self._reload_config = reload_config
         self.notifier = notifier or Notifier({})
@@ -136,11 +108,21 @@ class Daemon:
         self._status_rates = RateMeter()
         self._system = SystemReader()
         self._failure: BaseException | None = None
+        self._stop_reason: str | None = None
         self._seq = 0
         self._ready_sent = False
+        self._bundle: Bundle | None = None
+        self._publish_loop: PublishLoop | None = None
         self._watchdog = WatchdogGate(self.notifier.watchdog_interval_s) if self.notifier.watchdog_interval_s else None
 
-    # -- requests from signal handlers (must only set flags) ------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        """The running parts; swapped as a whole by a reload."""
+        if self._bundle is None:
+            raise RuntimeError("the daemon is not running")
+        return self._bundle
+
+    # -- requests from signal handlers and parts (must only set flags) ----------------------------
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -154,50 +136,59 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.inference = build_inference(self.config)
-        self.source = build_source(self.config)
-        self.publisher = build_publisher(self.config)
-        self.source.open()
-        self._log_setup()
-        self.publisher.start()
-        self._publish_health()
+        """Build the bundle, run the pipeline until stopped (reloading on request), close the bundle.
 
-        while True:
-            pipeline = self._start_pipeline()
-            self._supervise()
-            self._stop_pipeline(pipeline)
-            if self.stop_event.is_set():
-                if pipeline.prepare.finished_reason:
-                    log.info("finished: %s", pipeline.prepare.finished_reason)
-                elif getattr(self, "_stop_reason", None):
-                    log.info("stopping: %s", self._stop_reason)
-                break
-            self.reload_event.clear()
-            self._reload()
-        return self._shutdown()
+        Whatever ends the run (a stop request, --max-frames, the end of a file, a failure while
+        building or running), every part that was built is closed before this returns.
+        """
+        try:
+            self._bundle = build_bundle(self.config, self, self.part_specs)
+            self._log_setup()
+            self._publish_health()
+            while True:
+                pipeline = self._start_pipeline()
+                try:
+                    self._supervise()
+                finally:
+                    self._stop_pipeline(pipeline)
+                if self.stop_event.is_set():
+                    if pipeline.prepare.finished_reason:
+                        log.info("finished: %s", pipeline.prepare.finished_reason)
+                    elif self._stop_reason:
+                        log.info("stopping: %s", self._stop_reason)
+                    break
+                self.reload_event.clear()
+                self._reload()
+                self.reloads += 1
+            return self._shutdown()
+        finally:
+            if self._bundle is not None:
+                self._bundle.close()
+            self.notifier.close()
 
     def _log_setup(self) -> None:
-        inference = self.inference
+        inference = self.bundle.inference
         log.info(
             "edgepose %s: source %s, model %s (%s, %s %s, %d threads), MQTT %s",
             __version__,
-            self.source.description,
+            self.bundle.source.description,
             inference.stage.model_name,
             inference.backend.kind,
             inference.backend.runtime.name,
             inference.backend.runtime.version,
             inference.num_threads,
-            self.publisher.address,
+            self.bundle.publisher.address,
         )
 
     def _start_pipeline(self) -> PipelineThreads:
         """capture -> prepare -> invoke -> finish+publish, one thread each (capture only for live/file)."""
-        config = self.config
+        bundle = self.bundle
+        config = bundle.config
         stop = threading.Event()
         invoke_stop = threading.Event()
         publish_stop = threading.Event()
-        feed, capture = self._make_feed(self.source, stop)
-        stage = self.inference.stage
+        feed, capture = self._make_feed(bundle.source, stop)
+        stage = bundle.inference.stage
         hand_off = HandOff()
         clock = InvokeClock()
         invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue(maxsize=INVOKED_QUEUE_DEPTH)
@@ -206,8 +197,8 @@ class Daemon:
         publish = PublishLoop(
             invoked,
             stage,
-            self.publisher,
-            self.publisher.topics.keypoints,
+            bundle.publisher,
+            bundle.publisher.topics.keypoints,
             config.mqtt.qos.keypoints,
             config.device_id,
             self.stats,
@@ -249,10 +240,11 @@ class Daemon:
         for thread in pipeline.threads:
             if thread.is_alive():
                 log.warning("thread %s did not stop within %.1fs", thread.name, JOIN_TIMEOUT_S)
-        self._seq = self._publish_loop.seq
+        if self._publish_loop is not None:
+            self._seq = self._publish_loop.seq
 
     def _reload(self) -> None:
-        """SIGHUP: re-read and validate; apply what changed, or keep running on the old config."""
+        """SIGHUP: re-read and validate; swap in new parts for what changed, or keep the old ones whole."""
         self.notifier.reloading()
         if self._reload_config is None:
             log.warning("reload requested but no config file to re-read; ignoring")
@@ -262,47 +254,38 @@ class Daemon:
             new = self._reload_config()
         except ConfigError as exc:
             for problem in exc.problems:
-                log.error("reload rejected, keeping the running config: %s", problem)
-            self.notifier.ready(self.status_line())
+                log.error("reload rejected, keeping the running configuration: %s", problem)
+            self._reload_failed("; ".join(exc.problems))
             return
-        old = self.config
-        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
+        old = self.bundle
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old.config, name)]
         try:
-            if new.model != old.model:
-                # Close first: a USB Coral can be held by one process (one interpreter) at a time.
-                self.inference.backend.close()
-                try:
-                    self.inference = build_inference(new)
-                except EdgeposeError:
-                    self.inference = build_inference(old)
-                    raise
-            if new.camera != old.camera or (new.camera.source == "demo" and new.model.dir != old.model.dir):
-                source = build_source(new)
-                self.source.close()
-                source.open()
-                self.source = source
-            if new.mqtt != old.mqtt or new.device_id != old.device_id:
-                publisher = build_publisher(new)
-                self.publisher.stop(timeout_s=2.0)
-                self.publisher = publisher
-                publisher.start()
-        except EdgeposeError as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            self.notifier.ready(self.status_line())
+            bundle = rebuild(old, new, self)
+        except ReloadFailed as exc:
+            for problem in exc.problems:
+                log.error("reload failed, keeping the running configuration: %s", problem)
+            self._reload_failed(str(exc))
             return
+        # The swap: one assignment. Then the replaced parts close; the reused ones now belong to `bundle`.
+        self._bundle = bundle
         self.config = new
+        old.close_replaced(bundle)
+        self.run_state.reload_problem = None
         logging.getLogger().setLevel(new.logging.level)
         log.info("configuration reloaded; changed: %s", ", ".join(changed) or "nothing")
         self._publish_health()
         self.notifier.ready(self.status_line())
 
+    def _reload_failed(self, why: str) -> None:
+        self.run_state.reload_problem = f"reload failed, running the previous configuration: {why}"
+        self._publish_health()
+        self.notifier.ready(self.status_line())
+
     def _shutdown(self) -> int:
-        self.run_state.state = "stopping"
+        self.run_state.state = DaemonState.STOPPING
         self.notifier.stopping()
         self._publish_health()
-        self.publisher.stop(timeout_s=2.0)
-        self.source.close()
-        self.inference.backend.close()
+        self.bundle.close()  # the publisher sends `offline` and disconnects, then source and model close
         c = self.stats.counters
         log.info(
             "stopped: %d frames captured, %d inferred, %d published, %d publish failures",
@@ -311,7 +294,6 @@ class Daemon:
             c.frames_published,
             c.publish_failed,
         )
-        self.notifier.close()
         if self._failure is not None:
             if isinstance(self._failure, EdgeposeError):
                 raise self._failure
@@ -323,7 +305,8 @@ class Daemon:
             return InlineFeed(source, self.stats), None
         slot: LatestFrameSlot | SequentialSlot
         slot = LatestFrameSlot(self.stats) if source.delivery == "live" else SequentialSlot(stop)
-        capture = CaptureLoop(source, slot, self.stats, self.config.camera.reopen_backoff_max_s, self._camera_problem)
+        reopen_max_s = self.bundle.config.camera.reopen_backoff_max_s
+        capture = CaptureLoop(source, slot, self.stats, reopen_max_s, self._camera_problem)
         return slot, capture
 
     def _thread(
@@ -349,7 +332,7 @@ class Daemon:
         return threading.Thread(target=body, name=f"edgepose-{name}", daemon=True)
 
     def _first_inference(self) -> None:
-        self.run_state.state = "running"
+        self.run_state.state = DaemonState.RUNNING
         if not self._ready_sent:
             self._ready_sent = True
             log.info("first pose inferred %.2fs after start", time.monotonic() - self.stats.started_monotonic_s)
@@ -369,7 +352,7 @@ class Daemon:
             self._wake.wait(SUPERVISE_TICK_S)
             self._wake.clear()
             now = time.monotonic()
-            self.run_state.backend_problem = self.inference.backend.degraded_reason
+            self.run_state.backend_problem = self.bundle.inference.backend.degraded_reason
             if self._watchdog is not None and self._watchdog.due(now, self.stats.last_inference_monotonic_s):
                 self.notifier.watchdog()
             if now >= next_health_s:
@@ -390,22 +373,24 @@ class Daemon:
         c = self.stats.counters
         fps = self._status_rates.rates(c)["inference"]
         latency = self.stats.capture_to_publish_ms.percentiles()
-        mqtt = "connected" if self.publisher.stats.connected else "disconnected"
+        mqtt = "connected" if self.bundle.publisher.stats.connected else "disconnected"
         p50 = f" latency p50 {latency['p50']:.1f}ms" if latency["p50"] is not None else ""
-        line = f"{state} {self.inference.backend.kind} {fps:.1f} fps{p50} published {c.frames_published} mqtt={mqtt}"
+        backend = self.bundle.inference.backend.kind
+        line = f"{state} {backend} {fps:.1f} fps{p50} published {c.frames_published} mqtt={mqtt}"
         return f"{line} ({reason})" if reason else line
 
     def health_report(self) -> HealthReport:
         stats = self.stats
         c = stats.counters
         state, reason = self.run_state.current()
-        inference = self.inference
+        bundle = self.bundle
+        inference = bundle.inference
         return HealthReport(
-            device_id=self.config.device_id,
+            device_id=bundle.config.device_id,
             timestamp_s=time.time(),
             uptime_s=time.monotonic() - stats.started_monotonic_s,
             version=__version__,
-            state=state,
+            state=state.value,
             state_reason=reason,
             runtime=inference.backend.runtime.name,
             runtime_version=inference.backend.runtime.version,
@@ -413,7 +398,7 @@ class Daemon:
             backend_reason=inference.backend.degraded_reason or inference.backend_reason,
             edgetpu_temp_c=read_edgetpu_temp_c(),
             model=inference.stage.model_name,
-            source=self.source.description,
+            source=bundle.source.description,
             num_threads=inference.num_threads,
             fps=self._rates.rates(c),
             latency_ms={
@@ -432,18 +417,19 @@ class Daemon:
                 "frames_failed": c.frames_failed,
                 "publish_failed": c.publish_failed,
                 "source_reopens": c.source_reopens,
-                "camera_frames_skipped": self.source.frames_skipped,
+                "camera_frames_skipped": bundle.source.frames_skipped,
             },
             mqtt={
-                "connected": self.publisher.stats.connected,
-                "reconnects": max(0, self.publisher.stats.connects - 1),
-                "queued": self.publisher.queued(),
+                "connected": bundle.publisher.stats.connected,
+                "reconnects": max(0, bundle.publisher.stats.connects - 1),
+                "queued": bundle.publisher.queued(),
                 "not_published": c.publish_failed,
-                "last_error": self.publisher.stats.last_error,
+                "last_error": bundle.publisher.stats.last_error,
             },
             system=self._system.read(),
         )
 
     def _publish_health(self) -> None:
+        publisher = self.bundle.publisher
         payload = encode(health_payload(self.health_report()))
-        self.publisher.publish_retained_state(self.publisher.topics.health, payload, self.config.mqtt.qos.health)
+        publisher.publish_retained_state(publisher.topics.health, payload, self.bundle.config.mqtt.qos.health)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepose.config import Config, load_config
+from edgepose.config import Config, FileSpec, load_config
 from edgepose.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import REPO, run_edgepose
 
@@ -58,7 +58,8 @@ def test_unknown_source_rejected(tmp_path: Path) -> None:
 def test_overrides_are_typed_and_validated() -> None:
     config, _ = load_config(None, ["mqtt.port=1884", "camera.source=file:/x.mp4", "model.smoothing.enabled=false"])
     assert config.mqtt.port == 1884
-    assert config.camera.source == "file:/x.mp4"
+    assert config.camera.source == FileSpec(path=Path("/x.mp4"))
+    assert str(config.camera.source) == "file:/x.mp4"
     assert config.model.smoothing.enabled is False
     with pytest.raises(ConfigError) as info:
         load_config(None, ["mqtt.port=notaport"])

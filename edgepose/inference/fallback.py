@@ -459,6 +459,32 @@ class FallbackBackend:
         self._release_memory()
         self._cpu.close()
 
+    # -- lending the device during a reload ------------------------------------------------------
+
+    def lend_device(self, reason: str) -> bool:
+        """Stop the EdgeTPU child so another backend can open the device; run on the CPU meanwhile.
+
+        Called while the pipeline is stopped (no invoke in flight). True if a device was lent.
+        """
+        if self._closed or self._active is None:
+            return False
+        if not self._active.stop():
+            self._unreaped.append(self._active)
+        self._active = None
+        self._failure = reason
+        self._degraded_since_s = time.monotonic()
+        self._next_probe_s = math.inf  # no re-probe while the device is lent
+        self.degraded_reason = f"EdgeTPU {reason}; running on the CPU model"
+        return True
+
+    def reclaim_device(self) -> None:
+        """Take the device back after `lend_device`: the next invoke starts a re-probe. If that
+        fails, this backend keeps running on the CPU and re-probes every reprobe_interval_s."""
+        if self._closed or self._active is not None:
+            return
+        self._next_probe_s = time.monotonic()
+        self.degraded_reason = f"EdgeTPU {self._failure}; taking it back; running on the CPU model"
+
     # -- switching ------------------------------------------------------------------------------
 
     def _spawn(self) -> _Worker:

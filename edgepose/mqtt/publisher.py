@@ -125,3 +125,6 @@ class MqttPublisher:
                 log.warning("MQTT: could not publish offline before shutdown: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
+        # paho closes its wake-up socket pair only when the client is garbage-collected; a stopped
+        # publisher is never started again, so release them now (reinitialise is public and opens nothing).
+        self._client.reinitialise()

@@ -1,11 +1,22 @@
-"""`camera.source` string -> a FrameSource. The only place that knows every kind of source."""
+"""`camera.source` (typed by the config) -> a FrameSource. The only place that dispatches on its kind."""
 
 from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import assert_never
 
-from edgepose.config import CameraConfig
+from edgepose.config import (
+    AutoSpec,
+    CameraConfig,
+    DemoSpec,
+    FileSpec,
+    ImagesSpec,
+    Picamera2Spec,
+    SyntheticSpec,
+    UsbSpec,
+    V4l2Spec,
+)
 from edgepose.errors import SourceError
 from edgepose.sources.base import FrameSource
 from edgepose.sources.demo import DemoSource
@@ -52,30 +63,25 @@ def auto_source(camera: CameraConfig) -> FrameSource:
 
 
 def open_source(camera: CameraConfig, demo_photos: list[Path] | None = None) -> FrameSource:
-    """Build (not open) the source named by camera.source; `demo_photos` are needed for `demo`."""
+    """Build (not open) the source `camera.source` names; `demo_photos` are needed for `demo`."""
     spec = camera.source
-    kind, _, value = spec.partition(":")
-    if spec == "auto":
-        return auto_source(camera)
-    if spec == "picamera2":
-        return picamera2_source(camera)
-    if spec == "demo":
-        if not demo_photos:
-            raise SourceError("camera.source demo: no demo photos (run `edgepose models fetch samples`)")
-        return DemoSource(demo_photos, camera.width, camera.height, camera.fps)
-    if kind == "synthetic":
-        fps = float(value) if value else None
-        return SyntheticSource(camera.width, camera.height, fps)
-    if kind == "file":
-        return VideoFileSource(Path(value).expanduser(), camera.loop)
-    if kind == "images":
-        return ImagesSource(value, camera.loop)
-    if kind == "v4l2":
-        return CaptureDeviceSource(value, camera.width, camera.height, camera.fps)
-    if kind == "usb":
-        try:
-            index = int(value)
-        except ValueError:
-            raise SourceError(f"camera.source: usb:{value}: expected a camera index such as usb:0") from None
-        return CaptureDeviceSource(index, camera.width, camera.height, camera.fps)
-    raise SourceError(f"camera.source: unknown source '{spec}'")
+    match spec:
+        case AutoSpec():
+            return auto_source(camera)
+        case Picamera2Spec():
+            return picamera2_source(camera)
+        case DemoSpec():
+            if not demo_photos:
+                raise SourceError("camera.source demo: no demo photos (run `edgepose models fetch samples`)")
+            return DemoSource(demo_photos, camera.width, camera.height, camera.fps)
+        case SyntheticSpec(fps=fps):
+            return SyntheticSource(camera.width, camera.height, fps)
+        case FileSpec(path=path):
+            return VideoFileSource(path.expanduser(), camera.loop)
+        case ImagesSpec(pattern=pattern):
+            return ImagesSource(pattern, camera.loop)
+        case V4l2Spec(device=device):
+            return CaptureDeviceSource(device, camera.width, camera.height, camera.fps)
+        case UsbSpec(index=index):
+            return CaptureDeviceSource(index, camera.width, camera.height, camera.fps)
+    assert_never(spec)

@@ -1,0 +1,359 @@
+"""The composition root: the parts a Config needs, built, swapped and closed as one bundle.
+
+Every part is a context manager: entering it makes it ready (a source is opened, the publisher
+starts connecting), leaving it closes it. `build_bundle` enters the parts in `PARTS` order under
+one `contextlib.ExitStack`, so a failure half-way closes what was built and `Bundle.close()`
+closes everything in reverse order, each part exactly once.
+
+`rebuild` is the reload: it builds new parts only for what changed (a part is rebuilt when its
+`key` of the config changed or a part it `needs` was rebuilt), reuses the others, and returns a
+new bundle; the caller swaps it in with one assignment and then closes the replaced parts with
+`Bundle.close_replaced`. If anything fails while building, what was built is closed, the old
+bundle is left whole and running, and `ReloadFailed` lists one line per problem.
+
+Adding a part (e.g. a web server or an MQTT command handler): write a builder
+`build_x(config, parts, host) -> AbstractContextManager[X]`, append
+`PartSpec("x", key=lambda c: c.x, needs=("publisher",), build=build_x)` to `PARTS`, and read it
+with `bundle.part("x", X)`. `parts` holds the parts built before it (new or reused); `host`
+is the daemon's narrow face (`Host`): health, reload and stop requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, TypeVar
+
+from edgepose.config import Config, SourceKind, read_mqtt_password
+from edgepose.errors import EdgeposeError
+from edgepose.inference.backends import cpu_build, model_label, select_backend
+from edgepose.inference.runtime import InferenceBackend, load_runtime
+from edgepose.inference.stage import Mode, PoseStage, build_stage
+from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
+from edgepose.mqtt.payloads import HealthReport
+from edgepose.mqtt.publisher import MqttPublisher
+from edgepose.mqtt.topics import Topics
+from edgepose.sources.base import FrameSource
+from edgepose.sources.factory import open_source
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What a part may ask of the running daemon. Parts get this, never the Daemon itself."""
+
+    def health_report(self) -> HealthReport: ...
+
+    def request_reload(self) -> None: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+
+Builder = Callable[[Config, Mapping[str, object], Host], AbstractContextManager[object]]
+Handover = Callable[[object, Config, Config], AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part of the bundle.
+
+    name     how other parts and the daemon find it
+    key      the slice of the config it is built from: when it differs, reload rebuilds the part
+    needs    parts it is built from: when one of them is rebuilt, so is this one
+    build    (config, parts built so far, host) -> a context manager whose value is the part
+    handover optional: (old part, old config, new config) -> a context manager around the whole
+             reload, for a device only one holder may open (a USB Coral, a camera): it lends the
+             device to the replacement and, when the reload fails, gives it back to the old part
+    """
+
+    name: str
+    key: Callable[[Config], object]
+    needs: tuple[str, ...]
+    build: Builder
+    handover: Handover | None = None
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inference:
+    """The model side: the backend and the stage running on it. Closing it closes the backend."""
+
+    backend: InferenceBackend
+    stage: PoseStage
+    model: ResolvedModel
+    num_threads: int
+    backend_reason: str | None
+
+    def __enter__(self) -> Inference:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.backend.close()
+
+
+def stage_mode(config: Config) -> Mode:
+    # A folder of unrelated photos: every frame stands alone (no crop tracking, no smoothing).
+    return "stills" if config.camera.source.kind == SourceKind.IMAGES else "video"
+
+
+def build_inference(config: Config) -> Inference:
+    manifest = load_manifest()
+    model_dir = default_model_dir(config.model.dir)
+    model = resolve_model(config.model.name, model_dir, manifest)
+    runtime = load_runtime(config.model.runtime)
+    choice = select_backend(config.model, model, manifest, model_dir, runtime)
+    try:
+        # The payload names the network the user chose; `backend` says where it runs right now.
+        label = model_label(cpu_build(model, manifest, model_dir))
+        stage = build_stage(choice.backend, label, config.model, stage_mode(config))
+    except BaseException:
+        choice.backend.close()
+        raise
+    return Inference(choice.backend, stage, choice.model, choice.num_threads, choice.reason)
+
+
+def _model_key(config: Config) -> object:
+    return (config.model, stage_mode(config))
+
+
+def _build_inference_part(config: Config, parts: Mapping[str, object], host: Host) -> Inference:
+    return build_inference(config)
+
+
+@contextlib.contextmanager
+def _lend_edgetpu(old: object, old_config: Config, new_config: Config) -> Iterator[None]:
+    """A USB Coral can be held by one process (one interpreter) at a time: the running backend
+    moves to its CPU interpreter while the new model is built, and takes the device back if the
+    reload fails. If it cannot take it back, it keeps running on the CPU and health says why."""
+    assert isinstance(old, Inference)
+    lend = getattr(old.backend, "lend_device", None)
+    if lend is None or not lend("lent to the new model during a reload"):
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        old.backend.reclaim_device()  # type: ignore[attr-defined]
+        raise
+
+
+# -- the source -----------------------------------------------------------------------------------
+
+
+def build_source(config: Config) -> FrameSource:
+    """The configured source, not yet opened."""
+    photos = None
+    if config.camera.source.kind == SourceKind.DEMO:
+        photos = sample_paths(default_model_dir(config.model.dir), load_manifest())
+    return open_source(config.camera, photos)
+
+
+@contextlib.contextmanager
+def opened(source: FrameSource) -> Iterator[FrameSource]:
+    source.open()
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+def _build_source_part(config: Config, parts: Mapping[str, object], host: Host) -> AbstractContextManager[FrameSource]:
+    return opened(build_source(config))
+
+
+def _source_key(config: Config) -> object:
+    # The demo source reads its photos from the model directory.
+    demo_dir = config.model.dir if config.camera.source.kind == SourceKind.DEMO else None
+    return (config.camera, demo_dir)
+
+
+@contextlib.contextmanager
+def _lend_camera(old: object, old_config: Config, new_config: Config) -> Iterator[None]:
+    """A camera device opens once: close the running one while the new one opens, reopen it on failure."""
+    source: FrameSource = old  # type: ignore[assignment]
+    if not (old_config.camera.source.is_device and new_config.camera.source.is_device):
+        yield
+        return
+    source.close()
+    try:
+        yield
+    except BaseException:
+        try:
+            source.open()
+        except EdgeposeError as exc:
+            # The capture loop keeps reopening it with back-off; health shows the camera problem.
+            log.error("reopening %s after the failed reload: %s", source.description, exc)
+        raise
+
+
+# -- the publisher --------------------------------------------------------------------------------
+
+
+def build_publisher(config: Config) -> MqttPublisher:
+    password = read_mqtt_password(config.mqtt)
+    client_id = config.mqtt.client_id or f"edgepose-{config.device_id}"
+    return MqttPublisher(config.mqtt, Topics(config.mqtt.base_topic, config.device_id), client_id, password)
+
+
+@contextlib.contextmanager
+def started(publisher: MqttPublisher) -> Iterator[MqttPublisher]:
+    """Connect in the background; on leaving, publish `offline`, flush and disconnect (bounded)."""
+    publisher.start()
+    try:
+        yield publisher
+    finally:
+        publisher.stop(timeout_s=2.0)
+
+
+def _build_publisher_part(
+    config: Config, parts: Mapping[str, object], host: Host
+) -> AbstractContextManager[MqttPublisher]:
+    return started(build_publisher(config))
+
+
+# -- the bundle -----------------------------------------------------------------------------------
+
+MODEL = "model"
+SOURCE = "source"
+PUBLISHER = "publisher"
+
+# Build order; closing runs in reverse (extra parts first, the model last).
+PARTS: tuple[PartSpec, ...] = (
+    PartSpec(
+        MODEL, key=lambda c: (c.model, stage_mode(c)), needs=(), build=_build_inference_part, handover=_lend_edgetpu
+    ),
+    PartSpec(SOURCE, key=_source_key, needs=(), build=_build_source_part, handover=_lend_camera),
+    PartSpec(PUBLISHER, key=lambda c: (c.mqtt, c.device_id), needs=(), build=_build_publisher_part),
+    # Later parts (a web server, an MQTT command handler) go here; see the module docstring.
+)
+
+
+class ReloadFailed(EdgeposeError):
+    """Building the new parts failed; the old bundle is untouched. One line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+class Bundle:
+    """The parts of one configuration, each owned by its own ExitStack, closed in reverse build order."""
+
+    def __init__(
+        self, config: Config, specs: Sequence[PartSpec], parts: dict[str, object], stacks: dict[str, ExitStack]
+    ):
+        self.config = config
+        self.specs = tuple(specs)
+        self._parts = parts
+        self._stacks = stacks
+        self._closed = False
+
+    # Typed views of the core parts.
+    @property
+    def inference(self) -> Inference:
+        return self.part(MODEL, Inference)
+
+    @property
+    def source(self) -> FrameSource:
+        return self._parts[SOURCE]  # type: ignore[return-value]
+
+    @property
+    def publisher(self) -> MqttPublisher:
+        return self.part(PUBLISHER, MqttPublisher)
+
+    def part(self, name: str, kind: type[T]) -> T:
+        value = self._parts[name]
+        if not isinstance(value, kind):
+            raise TypeError(f"part {name} is a {type(value).__name__}, not a {kind.__name__}")
+        return value
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.specs)
+
+    def close(self) -> None:
+        """Close every part, last built first. Idempotent: a part's stack closes it only once."""
+        if self._closed:
+            return
+        self._closed = True
+        with ExitStack() as stack:
+            for spec in self.specs:
+                stack.push(self._stacks[spec.name])
+
+    def close_replaced(self, successor: Bundle) -> None:
+        """After a swap: close the parts `successor` replaced; the ones it reuses now belong to it."""
+        self._closed = True
+        with ExitStack() as stack:
+            for spec in self.specs:
+                if successor._stacks.get(spec.name) is not self._stacks[spec.name]:
+                    stack.push(self._stacks[spec.name])
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _enter(spec: PartSpec, config: Config, parts: Mapping[str, object], host: Host) -> tuple[object, ExitStack]:
+    with ExitStack() as stack:
+        value = stack.enter_context(spec.build(config, parts, host))
+        return value, stack.pop_all()
+
+
+def build_bundle(config: Config, host: Host, specs: Sequence[PartSpec] = PARTS) -> Bundle:
+    """Build every part; on a failure close what was built and re-raise the failure."""
+    parts: dict[str, object] = {}
+    stacks: dict[str, ExitStack] = {}
+    with ExitStack() as building:
+        for spec in specs:
+            parts[spec.name], stacks[spec.name] = _enter(spec, config, parts, host)
+            building.push(stacks[spec.name])
+        building.pop_all()
+    return Bundle(config, specs, parts, stacks)
+
+
+def changed_parts(old: Bundle, new_config: Config) -> list[str]:
+    """Names of the parts a reload to new_config rebuilds, in build order."""
+    rebuilt: list[str] = []
+    for spec in old.specs:
+        if spec.key(new_config) != spec.key(old.config) or any(need in rebuilt for need in spec.needs):
+            rebuilt.append(spec.name)
+    return rebuilt
+
+
+def rebuild(old: Bundle, new_config: Config, host: Host) -> Bundle:
+    """A new bundle for new_config that reuses old's unchanged parts. Raises ReloadFailed, leaving old whole.
+
+    The caller swaps the result in and then calls `old.close_replaced(new)`.
+    """
+    rebuilt = set(changed_parts(old, new_config))
+    parts: dict[str, object] = {}
+    stacks: dict[str, ExitStack] = {}
+    try:
+        with ExitStack() as handovers, ExitStack() as building:
+            for spec in old.specs:
+                if spec.name not in rebuilt:
+                    parts[spec.name], stacks[spec.name] = old._parts[spec.name], old._stacks[spec.name]
+                    continue
+                if spec.handover is not None:
+                    handovers.enter_context(spec.handover(old._parts[spec.name], old.config, new_config))
+                try:
+                    parts[spec.name], stacks[spec.name] = _enter(spec, new_config, parts, host)
+                except EdgeposeError as exc:
+                    raise ReloadFailed([f"{spec.name}: {exc}"]) from exc
+                building.push(stacks[spec.name])
+            building.pop_all()
+    except ReloadFailed:
+        raise
+    except EdgeposeError as exc:  # a handover could not give a device back
+        raise ReloadFailed([str(exc)]) from exc
+    return Bundle(new_config, old.specs, parts, stacks)
