@@ -45,9 +45,12 @@ pytest: models
 
 test: lint typecheck pytest
 
-# The acceptance run of the performance issue: Lightning int8, LiteRT, 2 threads, 20,000 frames.
+# The acceptance run of the per-frame CPU issue (#14): Lightning int8, LiteRT, 1 and 2 threads, every
+# default on; raw loop, daemon and serial loop side by side. About 5 minutes on a quiet 2-core x86_64
+# (bounded: each run times out). Commit bench/results/latest.json under a name saying the machine.
+BENCH_FRAMES ?= 10000
 bench: models
-	$(BIN)/edgepose bench --threads 1 2 --frames 20000 --json bench/results/latest.json
+	$(BIN)/edgepose bench --threads 1 2 --frames $(BENCH_FRAMES) --paced-fps 30 --json bench/results/latest.json
 
 # LiteRT against tflite-runtime: tflite-runtime 2.14 needs numpy<2, so it gets a venv of its own.
 bench-runtimes: models

@@ -20,6 +20,7 @@ from edgepose.config import Config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
 from edgepose.mqtt.payloads import HealthReport, encode, health_payload
+from edgepose.nativethread import set_native_name
 from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, build_bundle, rebuild
 from edgepose.pipeline import (
     CaptureLoop,
@@ -317,6 +318,7 @@ class Daemon:
         stop_daemon_when_done: bool = False,
     ) -> threading.Thread:
         def body() -> None:
+            set_native_name(f"ep-{name}")
             try:
                 target(stop)
                 if stop_daemon_when_done and not stop.is_set():

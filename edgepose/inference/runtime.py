@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgepose.errors import BackendError, ModelError
+from edgepose.nativethread import threads_started_as
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +191,16 @@ def _model_error(model_path: Path, exc: BaseException) -> ModelError:
     return ModelError(f"cannot load model {model_path}: {first_line}")
 
 
+# The OS name of the interpreter's own worker threads (XNNPACK's thread pool).
+INTERPRETER_WORKER_THREAD = "ep-interp"
+
+
 def open_cpu_backend(model_path: Path, runtime: Runtime, num_threads: int) -> InterpreterBackend:
     try:
-        interpreter = runtime.interpreter_class(model_path=str(model_path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        # XNNPACK starts its worker threads here: named, `top -H` and `edgepose bench` can tell them apart.
+        with threads_started_as(INTERPRETER_WORKER_THREAD):
+            interpreter = runtime.interpreter_class(model_path=str(model_path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (RuntimeError, ValueError, OSError) as exc:
         raise _model_error(model_path, exc) from None
     return InterpreterBackend(interpreter, "cpu", runtime, model_path)
