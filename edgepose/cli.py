@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgepose import __version__
 from edgepose.config import Config, SourceKind, default_config_path, load_config
-from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError
+from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError, UsageError
 
 if TYPE_CHECKING:
     from edgepose.models import Manifest
@@ -87,6 +87,35 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mqtt", metavar="HOST:PORT", help="broker to use (default: a private mosquitto)")
     bench.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
+    watch = commands.add_parser("watch", help="live view of a fleet's keypoints streams (an MQTT consumer)")
+    watch.add_argument("--mqtt", required=True, metavar="HOST:PORT", help="the broker")
+    watch.add_argument("--device", metavar="ID", help="only this device (default: every device, +)")
+    watch.add_argument("--share", metavar="GROUP", help="join shared-subscription group GROUP for keypoints")
+    watch.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    watch.add_argument("--json", type=Path, metavar="OUT", help="write the final report as JSON")
+    watch.add_argument("--record", type=Path, metavar="FILE.jsonl", help="write every message received, one per line")
+    watch.add_argument("--base-topic", default="edgepose", help="topic prefix (default: edgepose)")
+    watch.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default: 5)")
+    watch.add_argument("--no-validate", action="store_true", help="skip JSON Schema validation of keypoints")
+
+    sim = commands.add_parser("fleet-sim", help="simulate N devices publishing replayed poses over MQTT")
+    sim.add_argument("--devices", type=int, required=True, metavar="N")
+    sim.add_argument("--fps", type=float, required=True, metavar="F", help="keypoints messages per second per device")
+    sim.add_argument("--duration", type=float, required=True, metavar="S", help="seconds of publishing")
+    sim.add_argument(
+        "--mqtt", required=True, metavar="HOST:PORT[,HOST:PORT...]", help="broker(s); devices spread round-robin"
+    )
+    sim.add_argument("--format", choices=["json", "compact"], default="json", help="keypoints payload (default json)")
+    sim.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
+    sim.add_argument("--base-topic", default="edgepose", help="topic prefix (default: edgepose)")
+    sim.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-0000, PREFIX-0001, ...")
+    sim.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default: 5)")
+    sim.add_argument("--qos", type=int, choices=[0, 1], default=0, help="keypoints QoS (default 0, as the daemon)")
+    sim.add_argument("--health-interval", type=float, default=10.0, metavar="S", help="retained health period")
+    sim.add_argument("--processes", type=int, default=0, metavar="P", help="event-loop processes (default: auto)")
+    sim.add_argument("--loss-percent", type=float, default=0.0, metavar="P", help="drop P%% of keypoints (seq gaps)")
+    sim.add_argument("--seed", type=int, default=0, help="seed for --loss-percent")
+
     models = commands.add_parser("models", help="list and fetch models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     model_commands.add_parser("list", help="models in the manifest and whether they are fetched")
@@ -134,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "watch":
+            return _cmd_watch(args)
+        if args.command == "fleet-sim":
+            return _cmd_fleet_sim(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"edgepose: config error: {problem}", file=sys.stderr)
@@ -219,6 +252,86 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError([f"--frames {args.frames}: must be at least 10"])
     threads = args.threads or [os.cpu_count() or 1]
     run(args.model, args.runtimes or ["auto"], threads, args.frames, args.source, args.mqtt, args.paced_fps, args.json)
+    return EXIT_OK
+
+
+def _broker_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--mqtt {text}: expected HOST:PORT, e.g. --mqtt localhost:1883")
+    return host, int(port)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import threading
+
+    from edgepose.client import Subscription
+    from edgepose.fleet.watch import WatchOptions, run_watch
+
+    host, port = _broker_address(args.mqtt)
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration {args.duration}: must be positive")
+    try:
+        subscription = Subscription(args.base_topic, args.device, args.share)
+    except ValueError as exc:
+        raise UsageError(f"--device/--share: {exc}") from None
+    options = WatchOptions(
+        host,
+        port,
+        subscription,
+        duration_s=args.duration,
+        json_out=args.json,
+        record=args.record,
+        protocol=args.protocol,
+        validate=not args.no_validate,
+    )
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    run_watch(options, stop, sys.stdout)
+    return EXIT_OK
+
+
+def _cmd_fleet_sim(args: argparse.Namespace) -> int:
+    from edgepose.fleet.sim import SimConfig, parse_brokers, run_fleet
+    from edgepose.mqtt.payloads import PayloadFormat
+
+    try:
+        brokers = parse_brokers(args.mqtt)
+    except ValueError as exc:
+        raise UsageError(f"--mqtt {args.mqtt}: {exc}; expected HOST:PORT[,HOST:PORT...]") from None
+    for name, value in (("--devices", args.devices), ("--fps", args.fps), ("--duration", args.duration)):
+        if value <= 0:
+            raise UsageError(f"{name} {value}: must be positive")
+    if not 0 <= args.loss_percent < 100:
+        raise UsageError(f"--loss-percent {args.loss_percent}: must be in 0..100")
+    config = SimConfig(
+        devices=args.devices,
+        fps=args.fps,
+        duration_s=args.duration,
+        brokers=brokers,
+        payload_format=PayloadFormat(args.format),
+        base_topic=args.base_topic,
+        id_prefix=args.id_prefix,
+        protocol=args.protocol,
+        qos_keypoints=args.qos,
+        health_interval_s=args.health_interval,
+        processes=args.processes,
+        loss_percent=args.loss_percent,
+        seed=args.seed,
+    )
+    report = run_fleet(config)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json is not None:
+        try:
+            args.json.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
     return EXIT_OK
 
 

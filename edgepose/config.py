@@ -244,6 +244,9 @@ class PublishConfig(_Section):
     keypoints: bool = True
     max_fps: float = Field(0.0, ge=0, description="0 = every inferred frame")
     include_empty: bool = Field(True, description="publish frames with no pose above the threshold")
+    format: Literal["json", "compact"] = Field(
+        "json", description="keypoints payload: json (edgepose.keypoints/1) or compact (edgepose.kpc/1)"
+    )
 
 
 class HealthConfig(_Section):

@@ -19,7 +19,7 @@ from edgepose import __version__
 from edgepose.config import Config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
-from edgepose.mqtt.payloads import HealthReport, encode, health_payload
+from edgepose.mqtt.payloads import HealthReport, PayloadFormat, encode, health_payload
 from edgepose.nativethread import set_native_name
 from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, build_bundle, rebuild
 from edgepose.pipeline import (
@@ -206,6 +206,7 @@ class Daemon:
             enabled=config.publish.keypoints,
             max_publish_fps=config.publish.max_fps,
             publish_empty=config.publish.include_empty,
+            payload_format=PayloadFormat(config.publish.format),
         )
         publish.seq = self._seq
         self._publish_loop = publish

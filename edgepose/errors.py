@@ -76,3 +76,9 @@ class OutputError(EdgeposeError):
     """A result file could not be written."""
 
     exit_code = EXIT_IO
+
+
+class BrokerError(EdgeposeError):
+    """The MQTT broker cannot be reached or refused us (tools that need it now: watch, fleet-sim)."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -24,7 +24,7 @@ import numpy as np
 from edgepose.errors import EdgeposeError, SourceError
 from edgepose.health import PipelineStats
 from edgepose.inference.stage import InferenceResult, PoseStage, Prepared
-from edgepose.mqtt.payloads import KeypointsMessage, encode, keypoints_payload
+from edgepose.mqtt.payloads import KeypointsMessage, PayloadFormat, keypoints_bytes
 from edgepose.sources.base import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,7 @@ class PublishLoop:
         enabled: bool = True,
         max_publish_fps: float = 0.0,
         publish_empty: bool = True,
+        payload_format: PayloadFormat = PayloadFormat.JSON,
     ) -> None:
         self.invoked = invoked
         self.stage = stage
@@ -368,6 +369,7 @@ class PublishLoop:
         self.enabled = enabled
         self.min_publish_interval_s = 1.0 / max_publish_fps if max_publish_fps > 0 else 0.0
         self.publish_empty = publish_empty
+        self.payload_format = payload_format
         self.seq = 0
         self._next_publish_s = 0.0
 
@@ -415,7 +417,7 @@ class PublishLoop:
             smoothed=result.smoothed,
         )
         self.seq += 1
-        if self.publisher.publish(self.topic, encode(keypoints_payload(message)), self.qos):
+        if self.publisher.publish(self.topic, keypoints_bytes(message, self.payload_format), self.qos):
             counters.frames_published += 1
             if self.stats.first_publish_monotonic_s is None:
                 self.stats.first_publish_monotonic_s = time.monotonic()

@@ -7,7 +7,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from edgepose.mqtt.payloads import KeypointsMessage, encode, keypoints_payload
+from edgepose.fleet.replay import photo_poses
+from edgepose.mqtt.payloads import KeypointsMessage, PayloadFormat, encode, keypoints_bytes, keypoints_payload
 from edgepose.pose import KEYPOINT_NAMES, BoundingBox, CropBox, Keypoint, Pose
 
 
@@ -80,3 +81,59 @@ def test_schema_rejects_malformed_payloads(mutate: Any) -> None:
 def test_encode_refuses_nan() -> None:
     with pytest.raises(ValueError):
         encode({"x": float("nan")})
+
+
+# -- publish.format: compact -------------------------------------------------------------------
+
+
+def _replayed_message(poses: tuple[Pose, ...]) -> KeypointsMessage:
+    return _message(seq=1234567, timestamp_s=1764000000.1234, poses=poses)
+
+
+def test_compact_one_real_person_fits_in_300_bytes() -> None:
+    # The demo photos' real model output (what fleet-sim replays), with a large seq and a real timestamp.
+    for pose in photo_poses():
+        compact = keypoints_bytes(_replayed_message((pose,)), PayloadFormat.COMPACT)
+        full = keypoints_bytes(_replayed_message((pose,)), PayloadFormat.JSON)
+        assert len(compact) <= 300, (len(compact), compact)
+        assert len(full) > 4 * len(compact)  # the json format is over 1.2 kB for the same person
+    # ...and an empty frame is tiny.
+    assert len(keypoints_bytes(_replayed_message(()), PayloadFormat.COMPACT)) < 100
+
+
+def test_compact_payload_shape_and_schema() -> None:
+    payload = json.loads(keypoints_bytes(_message(), PayloadFormat.COMPACT))
+    jsonschema.validate(payload, load_schema("keypoints-compact"))
+    assert payload["schema"] == "edgepose.kpc/1"
+    assert payload["seq"] == 42 and payload["ts"] == 1764000000.123 and payload["frame"] == [640, 480]
+    pose = payload["poses"][0]
+    assert len(pose) == 1 + 3 * 17
+    # [score, x0, y0, s0, ...]: thousandths of the frame, hundredths of a score.
+    assert pose[:4] == [50, 100, 200, 50] and pose[4:7] == [125, 200, 50]
+    assert "ids" not in payload and "boxes" not in payload
+
+
+def test_compact_multipose_ids_and_boxes_validate() -> None:
+    payload = json.loads(
+        keypoints_bytes(_message(poses=(_pose(0.7, track_id=3), _pose(0.4, track_id=5))), PayloadFormat.COMPACT)
+    )
+    jsonschema.validate(payload, load_schema("keypoints-compact"))
+    assert payload["ids"] == [3, 5]
+    assert payload["boxes"][0] == [100, 100, 600, 900]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p.pop("ts"),
+        lambda p: p["poses"][0].pop(),
+        lambda p: p["poses"][0].__setitem__(3, 0.5),
+        lambda p: p.update(frame=[640]),
+        lambda p: p.update(device_id="x"),
+    ],
+)
+def test_compact_schema_rejects_malformed_payloads(mutate: Any) -> None:
+    payload = json.loads(keypoints_bytes(_message(), PayloadFormat.COMPACT))
+    mutate(payload)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, load_schema("keypoints-compact"))

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from edgepose.pose import CropBox, Pose
 
 KEYPOINTS_SCHEMA = "edgepose.keypoints/1"
+KEYPOINTS_COMPACT_SCHEMA = "edgepose.kpc/1"
 HEALTH_SCHEMA = "edgepose.health/1"
+
+
+class PayloadFormat(str, Enum):
+    """`publish.format`: the keypoints payload a device sends."""
+
+    JSON = "json"  # edgepose.keypoints/1: self-describing, about 1.3 kB for one person
+    COMPACT = "compact"  # edgepose.kpc/1: arrays of fixed-point integers, under 300 bytes for one person
+
 
 # Normalized coordinates to 4 decimals is 0.06 px on a 640 px frame: finer than any model's accuracy,
 # and it keeps a 17-keypoint message around 1.3 kB.
@@ -82,6 +92,59 @@ def keypoints_payload(message: KeypointsMessage) -> dict[str, Any]:
             "xmax": round(message.crop.xmax, _COORD_DECIMALS),
         }
     return payload
+
+
+# Compact: coordinates in thousandths of the frame (0.64 px on a 640 px frame, finer than the model's
+# 192 px input resolves) and scores in hundredths, as integers: "512," is 4 bytes where "0.5123," is 7.
+COMPACT_COORD_SCALE = 1000
+COMPACT_SCORE_SCALE = 100
+
+
+def _fixed(value: float, scale: int) -> int:
+    return round(value * scale)
+
+
+def compact_keypoints_payload(message: KeypointsMessage) -> dict[str, Any]:
+    """edgepose.kpc/1: each pose is `[score, x0, y0, s0, ... x16, y16, s16]` in fixed-point integers.
+
+    The device id is in the topic; model, backend and stage latencies are in the retained health
+    message. Frame-level extras (crop, smoothing flag) are left out: they are diagnostics, and the
+    300-byte budget for one person is spent on the keypoints.
+    """
+    poses: list[list[int]] = []
+    for pose in message.poses:
+        packed = [_fixed(pose.score, COMPACT_SCORE_SCALE)]
+        for k in pose.keypoints:
+            packed += [
+                _fixed(k.x, COMPACT_COORD_SCALE),
+                _fixed(k.y, COMPACT_COORD_SCALE),
+                _fixed(k.score, COMPACT_SCORE_SCALE),
+            ]
+        poses.append(packed)
+    payload: dict[str, Any] = {
+        "schema": KEYPOINTS_COMPACT_SCHEMA,
+        "seq": message.seq,
+        "ts": round(message.timestamp_s, 3),
+        "frame": [message.frame_width_px, message.frame_height_px],
+        "poses": poses,
+    }
+    if any(p.track_id is not None for p in message.poses):
+        payload["ids"] = [p.track_id for p in message.poses]
+    if any(p.bbox is not None for p in message.poses):
+        payload["boxes"] = [
+            None
+            if p.bbox is None
+            else [_fixed(v, COMPACT_COORD_SCALE) for v in (p.bbox.xmin, p.bbox.ymin, p.bbox.xmax, p.bbox.ymax)]
+            for p in message.poses
+        ]
+    return payload
+
+
+def keypoints_bytes(message: KeypointsMessage, payload_format: PayloadFormat) -> bytes:
+    """The encoded keypoints message in the configured format: the one call the publish loop makes."""
+    if payload_format is PayloadFormat.COMPACT:
+        return encode(compact_keypoints_payload(message))
+    return encode(keypoints_payload(message))
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -1,0 +1,1 @@
+"""Fleet tools: the simulator (`edgepose fleet-sim`) and the live consumer view (`edgepose watch`)."""
