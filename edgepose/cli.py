@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgepose import __version__
 from edgepose.config import Config, SourceKind, default_config_path, load_config
-from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError, UsageError
+from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError, OutputError, UsageError
 
 if TYPE_CHECKING:
     from edgepose.models import Manifest
@@ -331,7 +331,7 @@ def _cmd_fleet_sim(args: argparse.Namespace) -> int:
         try:
             args.json.write_text(text + "\n", encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
+            raise OutputError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
     return EXIT_OK
 
 
