@@ -18,7 +18,7 @@ from edgepose.errors import BrokerError
 from edgepose.fleet.replay import photo_poses
 from edgepose.mqtt.decode import KeypointsFrame, PayloadError, decode_keypoints
 from edgepose.mqtt.payloads import PayloadFormat, keypoints_bytes
-from tests.conftest import Broker, edgepose_command
+from tests.conftest import Broker, edgepose_command, run_edgepose
 from tests.test_decode import assert_same_poses
 from tests.test_payloads import _message
 
@@ -175,3 +175,40 @@ def _wait(condition: Any, timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
+
+
+class Frames:
+    """A FleetHandler that keeps every decoded frame."""
+
+    def __init__(self) -> None:
+        self.frames: list[KeypointsFrame] = []
+        self.errors: list[str] = []
+
+    def keypoints(self, frame: KeypointsFrame, received_s: float) -> None:
+        self.frames.append(frame)
+
+    def status(self, device_id: str, text: str, received_s: float) -> None:
+        pass
+
+    def health(self, device_id: str, payload: bytes, received_s: float) -> None:
+        pass
+
+    def invalid(self, device_id: str, error: PayloadError, received_s: float) -> None:
+        self.errors.append(str(error))
+
+
+def test_daemon_publishes_compact_that_the_client_decodes(broker: Broker, model_dir: Any) -> None:
+    handler = Frames()
+    with FleetClient(broker.host, broker.port, Subscription(device_id="compact-demo"), handler):
+        result = run_edgepose(
+            *("run", "--max-frames", "12", "--set", "camera.source=demo", "--set", "publish.format=compact"),
+            *("--set", f"mqtt.host={broker.host}", "--set", f"mqtt.port={broker.port}"),
+            *("--set", "device_id=compact-demo"),
+            model_dir=model_dir,
+        )
+        assert result.returncode == 0, result.stderr
+        assert _wait(lambda: len(handler.frames) >= 12, timeout_s=5)
+    assert not handler.errors
+    assert [f.seq for f in handler.frames] == list(range(12))
+    assert all(f.payload_format is PayloadFormat.COMPACT and f.size_bytes <= 300 for f in handler.frames)
+    assert sum(1 for f in handler.frames if f.poses and f.poses[0].score > 0.3) >= 10  # the demo's people
