@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from edgepose import __version__
 from edgepose.config import Config, SourceKind, default_config_path, load_config
@@ -23,8 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgepose")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad command line; the README (and sysexits.h) say 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgepose", description="Pose estimation daemon: camera -> MoveNet -> MQTT")
+    # Subparsers inherit the class (argparse uses type(parser) for them), so all exit 64.
+    parser = _Parser(prog="edgepose", description="Pose estimation daemon: camera -> MoveNet -> MQTT")
     parser.add_argument("--version", action="version", version=f"edgepose {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -196,17 +205,40 @@ def _load(config_path: Path | None, overrides: Sequence[str]) -> tuple[Config, P
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # SIGTERM can come at any moment. Until the daemon exists nothing needs closing: leave at once
+    # (the heavy imports alone can take seconds on a loaded Pi). From then on the daemon's flag.
+    def on_early_stop(signum: int, frame: FrameType | None) -> None:
+        raise _StoppedBeforeStart(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_early_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+    try:
+        return _start_daemon(args)
+    except _StoppedBeforeStart as stop:
+        log.info("stopping: %s before the daemon started", stop)
+        return EXIT_OK
+    finally:
+        # Whatever happened, nothing of this run's handlers outlives it (main() may be called in-process).
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _StoppedBeforeStart(BaseException):
+    """Raised by the early SIGTERM handler; BaseException so no `except Exception` on the way swallows it."""
+
+
+def _start_daemon(args: argparse.Namespace) -> int:
     from edgepose.daemon import Daemon
     from edgepose.systemd import Notifier, journal_handler, under_journald
 
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max-frames {args.max_frames}: must be at least 1")
     config, path = _load(args.config, args.overrides)
     if under_journald():
         # Under systemd: journald only (with priority and fields), never journald and stderr both.
         logging.getLogger().handlers[:] = [journal_handler(config.device_id)]
     logging.getLogger().setLevel(config.logging.level)
     log.info("config: %s", path if path is not None else "built-in defaults")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ConfigError([f"--max-frames {args.max_frames}: must be at least 1"])
 
     def reload_config() -> Config:
         reloaded, _ = _load(path, args.overrides) if path is not None else load_config(None, args.overrides)
@@ -249,7 +281,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgepose.bench import run
 
     if args.frames < 10:
-        raise ConfigError([f"--frames {args.frames}: must be at least 10"])
+        raise UsageError(f"--frames {args.frames}: must be at least 10")
     threads = args.threads or [os.cpu_count() or 1]
     run(args.model, args.runtimes or ["auto"], threads, args.frames, args.source, args.mqtt, args.paced_fps, args.json)
     return EXIT_OK

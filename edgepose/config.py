@@ -7,22 +7,37 @@ slice, to the components that need it. Nothing reads configuration from a global
 from __future__ import annotations
 
 import os
+import re
 import socket
+import ssl
+import stat
+import uuid
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgepose.errors import ConfigError
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/edgepose/edgepose.yaml"), Path("config/edgepose.yaml"))
+# Images over this many pixels are refused before decoding (50 MP = 150 MB of RGB; a Pi 4 may have 1 GB).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# A config is a few kB; anything near this is not a config (and must not be read into memory whole).
+MAX_CONFIG_BYTES = 1 << 20
+# Where a machine keeps its unique id (systemd, then D-Bus's older location).
+MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+# Hostnames that ship on stock images: thousands of devices share them, so they cannot name one.
+STOCK_HOSTNAMES = frozenset({"raspberrypi", "raspberry", "pi", "localhost", "ubuntu", "debian", "dietpi", "edgepose"})
+# Keys whose values must never be printed back (`--set mqtt.password=X` included).
+_SECRET_KEY = re.compile(r"pass|secret|token|credential|key_data", re.IGNORECASE)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` or `.nan` as a time or a rate is always a mistake (busy loops, int(inf)).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceKind(StrEnum):
@@ -107,7 +122,9 @@ class DemoSpec(_SourceSpec):
 
 class SyntheticSpec(_SourceSpec):
     kind: Literal[SourceKind.SYNTHETIC] = SourceKind.SYNTHETIC
-    fps: float | None = Field(None, gt=0, description="paced like a camera at this rate; none: as fast as asked")
+    fps: float | None = Field(
+        None, gt=0, le=240, description="paced like a camera at this rate; none: as fast as asked"
+    )
 
     def __str__(self) -> str:
         return "synthetic" if self.fps is None else f"synthetic:{self.fps:g}"
@@ -179,6 +196,11 @@ class CameraConfig(_Section):
     rotation: Literal[0, 180] = 0
     buffer_count: int = Field(3, ge=2, le=8)
     reopen_backoff_max_s: float = Field(10.0, gt=0)
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="images larger than this are refused before decoding (images:, infer)",
+    )
 
 
 class SmoothingConfig(_Section):
@@ -214,9 +236,69 @@ class TlsConfig(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    @model_validator(mode="after")
+    def _certificates_parse(self) -> TlsConfig:
+        """What paho would fail on at the first connect, found at `config check` instead."""
+        if not self.enabled:
+            return self
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None:
+                _check_readable(key, path)
+        if self.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(self.ca_file))
+            except ssl.SSLError as exc:
+                raise ValueError(f"ca_file {self.ca_file}: not a PEM certificate ({_ssl_reason(exc)})") from None
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set without cert_file: a client key needs its certificate")
+        if self.cert_file is not None:
+            check_client_pair(self.cert_file, self.key_file)
+        return self
+
+
+def check_client_pair(cert_file: Path, key_file: Path | None) -> None:
+    """The client certificate and key load, and belong together (ValueError naming the file otherwise)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    def no_passphrase() -> str:
+        # An encrypted key would make OpenSSL prompt on a terminal no daemon has.
+        raise ValueError(f"key_file {key_file or cert_file}: the key is encrypted; edgepose needs an unencrypted key")
+
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=no_passphrase)
+    except ssl.SSLError as exc:
+        reason = _ssl_reason(exc)
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ValueError(f"key_file {key_file} does not match cert_file {cert_file}") from None
+        if key_file is None:
+            raise ValueError(
+                f"cert_file {cert_file}: no private key in it and no key_file set, or not a PEM certificate ({reason})"
+            ) from None
+        raise ValueError(
+            f"cert_file {cert_file} / key_file {key_file}: not a PEM certificate and key ({reason})"
+        ) from None
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+
+
+def _check_readable(key: str, path: Path) -> None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{key} {path}: file not found") from None
+    except OSError as exc:
+        raise ValueError(f"{key} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{key} {path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{key} {path}: not readable by this user (uid {os.getuid()})")
+
 
 class MqttConfig(_Section):
-    host: str = "localhost"
+    host: str = Field("localhost", min_length=1, pattern=r"^\S+$", description="broker name or address")
     port: int = Field(1883, ge=1, le=65535)
     client_id: str | None = Field(None, description="default: edgepose-<device_id>")
     base_topic: str = Field("edgepose", min_length=1)
@@ -228,9 +310,18 @@ class MqttConfig(_Section):
     )
     tls: TlsConfig = TlsConfig()
     qos: QosConfig = QosConfig()
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    # A low cap: an edge device should be back within a few seconds of its broker, not 30 s later.
+    reconnect_min_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(2.0, gt=0, le=3600)
     max_queued_messages: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s:g}) must not exceed reconnect_max_s ({self.reconnect_max_s:g})"
+            )
+        return self
 
     @field_validator("base_topic")
     @classmethod
@@ -258,12 +349,29 @@ class LoggingConfig(_Section):
     status_interval_s: float = Field(5.0, ge=0, description="one-line status log; 0 = off")
 
 
-def _default_device_id() -> str:
-    return socket.gethostname().split(".")[0] or "edgepose"
+def default_device_id(hostname: str | None = None, machine_id_paths: Sequence[Path] = MACHINE_ID_PATHS) -> str:
+    """The hostname, unless it is one every stock image shares: then made unique by the machine id."""
+    name = socket.gethostname() if hostname is None else hostname
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", name.split(".")[0]) or "edgepose"
+    if host.lower() not in STOCK_HOSTNAMES:
+        return host
+    return f"{host}-{machine_suffix(machine_id_paths)}"
+
+
+def machine_suffix(machine_id_paths: Sequence[Path] = MACHINE_ID_PATHS) -> str:
+    """8 hex digits unique to this machine: /etc/machine-id, else the MAC address."""
+    for path in machine_id_paths:
+        try:
+            machine_id = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if re.fullmatch(r"[0-9a-fA-F]{32}", machine_id):
+            return machine_id[:8].lower()
+    return f"{uuid.getnode():012x}"[-8:]
 
 
 class Config(_Section):
-    device_id: str = Field(default_factory=_default_device_id, pattern=r"^[A-Za-z0-9_.-]+$")
+    device_id: str = Field(default_factory=default_device_id, pattern=r"^[A-Za-z0-9_.-]+$")
     camera: CameraConfig = CameraConfig()
     model: ModelConfig = ModelConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -330,7 +438,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError([f"--set {text}: expected KEY=VALUE, e.g. --set mqtt.port=1884"])
+        raise ConfigError([f"--set {redact_override(text)}: expected KEY=VALUE, e.g. --set mqtt.port=1884"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -338,44 +446,108 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def redact_override(text: str) -> str:
+    """`--set` as it may be printed: the value of anything secret-looking is replaced by ***."""
+    key, sep, _ = text.partition("=")
+    if _SECRET_KEY.search(key) or (not sep and _SECRET_KEY.search(text)):
+        return f"{key}=***" if sep else "***"
+    return text
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: PyYAML reports it below
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given on line {first})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text; ConfigError (not a hang, not MemoryError) for FIFOs, devices and huge files."""
+    try:
+        # stat, not open: opening a FIFO blocks until a writer comes, and /dev/urandom never ends.
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}:0: (file): config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror or exc}"]) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError([f"{path}:0: (file): is a directory, expected a YAML file"])
+    if stat.S_ISCHR(info.st_mode) and os.path.samefile(path, os.devnull):
+        return ""  # `-c /dev/null`: the built-in defaults, a common idiom
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError([f"{path}:0: (file): not a regular file (a FIFO, socket or device); expected a YAML file"])
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}:0: (file): {info.st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes"])
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since stat
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}:0: (file): larger than {MAX_CONFIG_BYTES} bytes"])
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{path}:0: (file): cannot read: {reason}"]) from None
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        loaded = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        problem = exc.problem or str(exc)
+        raise ConfigError([f"{path}:{line}: (yaml): {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}:0: (yaml): {exc}"]) from None
+    finally:
+        loader.dispose()
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([f"{path}:1: (top level): expected a mapping of sections, got {type(loaded).__name__}"])
+    return loaded, node
+
+
 def load_config(path: Path | None, overrides: Sequence[str] = ()) -> tuple[Config, Path | None]:
     """Load, merge `--set` overrides and validate. Raises ConfigError listing every problem."""
+    try:
+        return _load_config(path, overrides)
+    except (RecursionError, MemoryError) as exc:
+        # Nesting thousands deep, or an alias bomb: not a config, and never a traceback.
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "too large to load"
+        raise ConfigError([f"{path or '<defaults>'}:0: (yaml): {what}"]) from None
+
+
+def _load_config(path: Path | None, overrides: Sequence[str]) -> tuple[Config, Path | None]:
     data: dict[str, Any] = {}
     lines = _LineIndex(None)
     label = "<defaults>"
     if path is not None:
         label = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([f"{path}:0: (file): config file not found"]) from None
-        except IsADirectoryError:
-            raise ConfigError([f"{path}:0: (file): is a directory, expected a YAML file"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError([f"{path}:0: (file): cannot read: {reason}"]) from None
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            loaded = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = mark.line + 1 if mark is not None else 0
-            problem = exc.problem or str(exc)
-            raise ConfigError([f"{path}:{line}: (yaml): {problem}"]) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}:0: (yaml): {exc}"]) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError([f"{path}:1: (top level): expected a mapping of sections, got {type(loaded).__name__}"])
-        data = loaded
+        data, node = _parse_yaml(path, _read_config_text(path))
         lines = _LineIndex(node)
 
     override_keys: dict[str, str] = {}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-        override_keys[key] = text
+        override_keys[key] = redact_override(text)
 
     try:
         config = Config.model_validate(data)

@@ -21,7 +21,7 @@ from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
 from edgepose.mqtt.payloads import HealthReport, PayloadFormat, encode, health_payload
 from edgepose.nativethread import set_native_name
-from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, build_bundle, rebuild
+from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, StoppedWhileBuilding, build_bundle, rebuild
 from edgepose.pipeline import (
     CaptureLoop,
     EndOfStream,
@@ -143,7 +143,11 @@ class Daemon:
         building or running), every part that was built is closed before this returns.
         """
         try:
-            self._bundle = build_bundle(self.config, self, self.part_specs)
+            try:
+                self._bundle = build_bundle(self.config, self, self.part_specs, self.stop_event)
+            except StoppedWhileBuilding:
+                log.info("stopping: %s during startup", self._stop_reason)
+                return EXIT_OK
             self._log_setup()
             self._publish_health()
             while True:

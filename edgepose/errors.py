@@ -38,6 +38,12 @@ class ConfigError(EdgeposeError):
         self.problems = problems
 
 
+class ImageError(EdgeposeError):
+    """An image that is too large to decode safely, truncated or not an image: exit 65."""
+
+    exit_code = EXIT_DATA
+
+
 class ModelError(EdgeposeError):
     exit_code = EXIT_DATA
 
@@ -67,7 +73,7 @@ class BackendError(EdgeposeError):
 
 
 class UsageError(EdgeposeError):
-    """A command line that cannot be carried out as given (e.g. one output file for many images)."""
+    """A bad command line, or one that cannot be carried out as given (e.g. one output file for many images)."""
 
     exit_code = EXIT_USAGE
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -309,12 +310,23 @@ def _enter(spec: PartSpec, config: Config, parts: Mapping[str, object], host: Ho
         return value, stack.pop_all()
 
 
-def build_bundle(config: Config, host: Host, specs: Sequence[PartSpec] = PARTS) -> Bundle:
-    """Build every part; on a failure close what was built and re-raise the failure."""
+class StoppedWhileBuilding(Exception):
+    """A stop request came while the bundle was being built; what was built has been closed."""
+
+
+def build_bundle(
+    config: Config, host: Host, specs: Sequence[PartSpec] = PARTS, stop: threading.Event | None = None
+) -> Bundle:
+    """Build every part; on a failure close what was built and re-raise the failure.
+
+    `stop` is looked at between parts: a SIGTERM during a slow model load or camera open is
+    honoured as soon as that part is built (StoppedWhileBuilding), not after the whole start."""
     parts: dict[str, object] = {}
     stacks: dict[str, ExitStack] = {}
     with ExitStack() as building:
         for spec in specs:
+            if stop is not None and stop.is_set():
+                raise StoppedWhileBuilding(spec.name)
             parts[spec.name], stacks[spec.name] = _enter(spec, config, parts, host)
             building.push(stacks[spec.name])
         building.pop_all()

@@ -72,7 +72,7 @@ def infer_images(config: Config, images: Sequence[Path], model_name: str | None 
     stage = build_stage(backend, model.spec.name if model.spec else model.path.stem, model_config, "stills")
     stats = PipelineStats()
     for index, path in enumerate(images):
-        image = read_rgb(path)
+        image = read_rgb(path, config.camera.max_image_pixels)
         wall, mono = now_stamps()
         result = stage.process(Frame(image, wall, mono, index), stats)
         best = max(result.poses, key=lambda p: p.score, default=None)

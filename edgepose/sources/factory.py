@@ -79,7 +79,7 @@ def open_source(camera: CameraConfig, demo_photos: list[Path] | None = None) -> 
         case FileSpec(path=path):
             return VideoFileSource(path.expanduser(), camera.loop)
         case ImagesSpec(pattern=pattern):
-            return ImagesSource(pattern, camera.loop)
+            return ImagesSource(pattern, camera.loop, camera.max_image_pixels)
         case V4l2Spec(device=device):
             return CaptureDeviceSource(device, camera.width, camera.height, camera.fps)
         case UsbSpec(index=index):
