@@ -18,7 +18,16 @@ from enum import StrEnum
 from edgepose import __version__
 from edgepose.config import Config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
-from edgepose.health import STAGES, PipelineStats, RateMeter, SystemReader, read_edgetpu_temp_c
+from edgepose.health import (
+    ModelView,
+    MqttView,
+    PipelineStats,
+    RateMeter,
+    Readings,
+    SourceView,
+    assemble_health,
+)
+from edgepose.inference.edgetpu import read_edgetpu_temp_c
 from edgepose.mqtt.payloads import HealthReport, PayloadFormat, encode, health_payload
 from edgepose.nativethread import set_native_name
 from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, StoppedWhileBuilding, build_bundle, rebuild
@@ -37,6 +46,7 @@ from edgepose.pipeline import (
     SequentialSlot,
 )
 from edgepose.sources.base import FrameSource
+from edgepose.system import SystemReader
 from edgepose.systemd import Notifier, WatchdogGate
 
 log = logging.getLogger(__name__)
@@ -387,53 +397,34 @@ class Daemon:
         return f"{line} ({reason})" if reason else line
 
     def health_report(self) -> HealthReport:
-        stats = self.stats
-        c = stats.counters
+        """Health from read-only views of the running parts; assembled in health.py."""
         state, reason = self.run_state.current()
         bundle = self.bundle
-        inference = bundle.inference
-        return HealthReport(
+        inference, source, publisher = bundle.inference, bundle.source, bundle.publisher
+        backend = inference.backend
+        return assemble_health(
             device_id=bundle.config.device_id,
-            timestamp_s=time.time(),
-            uptime_s=time.monotonic() - stats.started_monotonic_s,
             version=__version__,
             state=state.value,
             state_reason=reason,
-            runtime=inference.backend.runtime.name,
-            runtime_version=inference.backend.runtime.version,
-            backend=inference.backend.kind,
-            backend_reason=inference.backend.degraded_reason or inference.backend_reason,
-            edgetpu_temp_c=read_edgetpu_temp_c(),
-            model=inference.stage.model_name,
-            source=bundle.source.description,
-            num_threads=inference.num_threads,
-            fps=self._rates.rates(c),
-            latency_ms={
-                "inference": stats.inference_ms.percentiles(),
-                "capture_to_publish": stats.capture_to_publish_ms.percentiles(),
-                "frame_age_at_inference": stats.frame_age_at_inference_ms.percentiles(),
-                "stages": {name: stats.stages[name].percentiles() for name in STAGES},
-            },
-            counters={
-                "frames_captured": c.frames_captured,
-                "frames_inferred": c.frames_inferred,
-                "frames_published": c.frames_published,
-                "frames_dropped": c.frames_dropped_stale + c.frames_dropped_throttle + c.frames_failed,
-                "frames_dropped_stale": c.frames_dropped_stale,
-                "frames_dropped_throttle": c.frames_dropped_throttle,
-                "frames_failed": c.frames_failed,
-                "publish_failed": c.publish_failed,
-                "source_reopens": c.source_reopens,
-                "camera_frames_skipped": bundle.source.frames_skipped,
-            },
-            mqtt={
-                "connected": bundle.publisher.stats.connected,
-                "reconnects": max(0, bundle.publisher.stats.connects - 1),
-                "queued": bundle.publisher.queued(),
-                "not_published": c.publish_failed,
-                "last_error": bundle.publisher.stats.last_error,
-            },
-            system=self._system.read(),
+            stats=self.stats,
+            fps=self._rates.rates(self.stats.counters),
+            model=ModelView(
+                runtime=backend.runtime.name,
+                runtime_version=backend.runtime.version,
+                backend=backend.kind,
+                backend_reason=backend.degraded_reason or inference.backend_reason,
+                model=inference.stage.model_name,
+                num_threads=inference.num_threads,
+            ),
+            source=SourceView(source.description, source.frames_skipped),
+            mqtt=MqttView(
+                connected=publisher.stats.connected,
+                connects=publisher.stats.connects,
+                queued=publisher.queued(),
+                last_error=publisher.stats.last_error,
+            ),
+            readings=Readings(self._system.read(), read_edgetpu_temp_c()),
         )
 
     def _publish_health(self) -> None:

@@ -1,22 +1,22 @@
-"""Counters, latency percentiles, rates and system readings for the health topic and status line.
+"""Counters, latency percentiles and rates, and the assembly of the health report from read-only views.
 
-Each counter has one writer thread (capture, inference or publish), so plain integer fields are
-enough; readers take snapshots. Latency windows are bounded deques: constant memory forever.
+Each counter has exactly one writer thread (named next to it), so plain integer fields are
+enough; failures are counted per loop and summed for health. Readers take snapshots. Latency
+windows are bounded deques: constant memory forever. Hardware readings (SoC and Coral
+temperatures, process figures) come from `system.py` and `inference/edgetpu.py` as plain values.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-import psutil
 
-from edgepose.inference.edgetpu import apex_nodes, apex_temperature_c
+from edgepose.mqtt.payloads import HealthReport
 
 LATENCY_WINDOW = 1024
 STAGES = ("capture_wait", "preprocess", "invoke", "decode", "publish")
@@ -41,14 +41,24 @@ class LatencyWindow:
 
 @dataclass
 class Counters:
-    frames_captured: int = 0
-    frames_inferred: int = 0
-    frames_published: int = 0
-    frames_dropped_stale: int = 0  # superseded by a fresher frame before inference: by design
-    frames_dropped_throttle: int = 0  # over publish.max_fps
-    frames_failed: int = 0  # lost to errors (source read, inference)
-    publish_failed: int = 0  # could not be handed to the broker (disconnected, queue full)
-    source_reopens: int = 0
+    """One writer per field: the loop named after it. Never increment a field from another thread."""
+
+    frames_captured: int = 0  # capture (or prepare, for a source read inline)
+    frames_inferred: int = 0  # invoke
+    frames_published: int = 0  # publish
+    frames_dropped_stale: int = 0  # capture: superseded by a fresher frame before inference, by design
+    frames_dropped_throttle: int = 0  # publish: over publish.max_fps
+    capture_failed: int = 0  # capture: source read errors
+    prepare_failed: int = 0  # prepare: preprocessing errors
+    invoke_failed: int = 0  # invoke: inference errors
+    decode_failed: int = 0  # publish: decoding errors
+    publish_failed: int = 0  # publish: could not be handed to the broker (disconnected, queue full)
+    source_reopens: int = 0  # capture
+
+    @property
+    def frames_failed(self) -> int:
+        """Frames lost to errors in any loop (health's `frames_failed`)."""
+        return self.capture_failed + self.prepare_failed + self.invoke_failed + self.decode_failed
 
 
 @dataclass
@@ -95,41 +105,102 @@ class RateMeter:
             return dict(self._rates)
 
 
-def read_cpu_temp_c(thermal_root: Path = Path("/sys/class/thermal")) -> float | None:
-    """SoC temperature: the Pi exposes it as thermal_zone0 in millidegrees."""
-    for zone in sorted(thermal_root.glob("thermal_zone*/temp")):
-        try:
-            return round(int(zone.read_text().strip()) / 1000.0, 1)
-        except (OSError, ValueError):
-            continue
-    return None
+# -- the health report, from read-only views of the running parts ---------------------------------
 
 
-def read_edgetpu_temp_c() -> float | None:
-    """The first PCIe/M.2 Coral's temperature (the USB Accelerator reports none)."""
-    for node in apex_nodes():
-        temperature_c = apex_temperature_c(node.name)
-        if temperature_c is not None:
-            return round(temperature_c, 1)
-    return None
+@dataclass(frozen=True)
+class ModelView:
+    runtime: str
+    runtime_version: str
+    backend: str  # where the next invoke runs: cpu | edgetpu
+    backend_reason: str | None
+    model: str
+    num_threads: int
 
 
-class SystemReader:
-    def __init__(self) -> None:
-        self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the first call primes the measurement interval
+@dataclass(frozen=True)
+class SourceView:
+    description: str
+    frames_skipped: int
 
-    def read(self) -> dict[str, float | None]:
-        try:
-            load1: float | None = round(os.getloadavg()[0], 2)
-        except OSError:
-            load1 = None
-        return {
-            "cpu_percent": round(self._process.cpu_percent(None), 1),
-            "memory_rss_mb": round(self._process.memory_info().rss / 1e6, 1),
-            "load1": load1,
-            "cpu_temp_c": read_cpu_temp_c(),
-        }
 
-    def rss_mb(self) -> float:
-        return float(self._process.memory_info().rss / 1e6)
+@dataclass(frozen=True)
+class MqttView:
+    connected: bool
+    connects: int
+    queued: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What the hardware says right now; read by the caller (system.py, inference/edgetpu.py)."""
+
+    system: dict[str, float | None]
+    edgetpu_temp_c: float | None
+
+
+def assemble_health(
+    *,
+    device_id: str,
+    version: str,
+    state: str,
+    state_reason: str | None,
+    stats: PipelineStats,
+    fps: dict[str, float],
+    model: ModelView,
+    source: SourceView,
+    mqtt: MqttView,
+    readings: Readings,
+    now_s: float | None = None,
+    now_monotonic_s: float | None = None,
+) -> HealthReport:
+    """The health report from snapshots: no part is asked to do anything, only read."""
+    c = stats.counters
+    now_s = time.time() if now_s is None else now_s
+    now_monotonic_s = time.monotonic() if now_monotonic_s is None else now_monotonic_s
+    failed = c.frames_failed
+    latency: dict[str, Any] = {
+        "inference": stats.inference_ms.percentiles(),
+        "capture_to_publish": stats.capture_to_publish_ms.percentiles(),
+        "frame_age_at_inference": stats.frame_age_at_inference_ms.percentiles(),
+        "stages": {name: stats.stages[name].percentiles() for name in STAGES},
+    }
+    return HealthReport(
+        device_id=device_id,
+        timestamp_s=now_s,
+        uptime_s=now_monotonic_s - stats.started_monotonic_s,
+        version=version,
+        state=state,
+        state_reason=state_reason,
+        runtime=model.runtime,
+        runtime_version=model.runtime_version,
+        backend=model.backend,
+        backend_reason=model.backend_reason,
+        edgetpu_temp_c=readings.edgetpu_temp_c,
+        model=model.model,
+        source=source.description,
+        num_threads=model.num_threads,
+        fps=fps,
+        latency_ms=latency,
+        counters={
+            "frames_captured": c.frames_captured,
+            "frames_inferred": c.frames_inferred,
+            "frames_published": c.frames_published,
+            "frames_dropped": c.frames_dropped_stale + c.frames_dropped_throttle + failed,
+            "frames_dropped_stale": c.frames_dropped_stale,
+            "frames_dropped_throttle": c.frames_dropped_throttle,
+            "frames_failed": failed,
+            "publish_failed": c.publish_failed,
+            "source_reopens": c.source_reopens,
+            "camera_frames_skipped": source.frames_skipped,
+        },
+        mqtt={
+            "connected": mqtt.connected,
+            "reconnects": max(0, mqtt.connects - 1),
+            "queued": mqtt.queued,
+            "not_published": c.publish_failed,
+            "last_error": mqtt.last_error,
+        },
+        system=readings.system,
+    )

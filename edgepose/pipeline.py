@@ -23,7 +23,7 @@ import numpy as np
 
 from edgepose.errors import EdgeposeError, SourceError
 from edgepose.health import PipelineStats
-from edgepose.inference.stage import InferenceResult, PoseStage, Prepared
+from edgepose.inference.stage import InferenceResult, PoseStage, Prepared, StageTimings
 from edgepose.mqtt.payloads import KeypointsMessage, PayloadFormat, keypoints_bytes
 from edgepose.sources.base import Frame, FrameSource
 
@@ -125,7 +125,7 @@ class CaptureLoop:
             try:
                 frame = self.source.read()
             except SourceError as exc:
-                self.stats.counters.frames_failed += 1
+                self.stats.counters.capture_failed += 1
                 self._on_state(f"camera: {exc}")
                 log.warning("%s; reopening in %.1fs", exc, backoff_s)
                 if stop.wait(backoff_s):
@@ -276,7 +276,7 @@ class PrepareLoop:
             try:
                 prepared = self.stage.prepare(item, tensor)
             except EdgeposeError as exc:
-                self.stats.counters.frames_failed += 1
+                self.stats.counters.prepare_failed += 1
                 log.error("preprocessing failed: %s", exc)
                 continue
             tensors[self.prepared_count % 2] = prepared.tensor
@@ -323,7 +323,7 @@ class InvokeLoop:
                 outputs = self.stage.invoke(item)
             except EdgeposeError as exc:
                 self.clock.invoke_done(time.perf_counter() - started)
-                counters.frames_failed += 1
+                counters.invoke_failed += 1
                 log.error("inference failed: %s", exc)
                 continue
             duration_s = time.perf_counter() - started
@@ -333,6 +333,14 @@ class InvokeLoop:
             self.invoked.put(Invoked(item, outputs, duration_s * 1e3))
             if counters.frames_inferred == 1:
                 self._on_first_inference()
+
+
+def record_timings(stats: PipelineStats, timings: StageTimings) -> None:
+    """The stage measures, the pipeline records: one writer (the publish thread) for these windows."""
+    stats.stages["preprocess"].add(timings.preprocess_ms)
+    stats.stages["invoke"].add(timings.invoke_ms)
+    stats.stages["decode"].add(timings.decode_ms)
+    stats.inference_ms.add(timings.invoke_ms)
 
 
 class Publisher(Protocol):
@@ -385,11 +393,12 @@ class PublishLoop:
             if isinstance(item, EndOfStream):
                 return
             try:
-                result = self.stage.finish(item.prepared, item.outputs, item.invoke_ms, self.stats)
+                result = self.stage.finish(item.prepared, item.outputs, item.invoke_ms)
             except EdgeposeError as exc:
-                self.stats.counters.frames_failed += 1
+                self.stats.counters.decode_failed += 1
                 log.error("decoding failed: %s", exc)
                 continue
+            record_timings(self.stats, result.timings)
             self.publish_one(result)
 
     def publish_one(self, result: InferenceResult) -> None:

@@ -14,7 +14,6 @@ import numpy as np
 from edgepose.annotate import annotate
 from edgepose.config import Config
 from edgepose.errors import OutputError, UsageError
-from edgepose.health import PipelineStats
 from edgepose.inference.runtime import effective_threads, load_runtime, open_cpu_backend
 from edgepose.inference.stage import build_stage
 from edgepose.models import default_model_dir, load_manifest, resolve_model
@@ -70,11 +69,10 @@ def infer_images(config: Config, images: Sequence[Path], model_name: str | None 
     # Threshold 0: `infer` reports the best pose whatever its score; the score is in the output.
     model_config = config.model.model_copy(update={"score_threshold": 0.0})
     stage = build_stage(backend, model.spec.name if model.spec else model.path.stem, model_config, "stills")
-    stats = PipelineStats()
     for index, path in enumerate(images):
         image = read_rgb(path, config.camera.max_image_pixels)
         wall, mono = now_stamps()
-        result = stage.process(Frame(image, wall, mono, index), stats)
+        result = stage.process(Frame(image, wall, mono, index))
         best = max(result.poses, key=lambda p: p.score, default=None)
         yield StillResult(path, image.shape[1], image.shape[0], best, result.crop, image)
 

@@ -172,7 +172,7 @@ def test_rgb_reaches_the_model_input(monkeypatch: pytest.MonkeyPatch, system: Fa
     source.open()
     backend = RecordingBackend()
     stage = SinglePoseStage(SinglePoseEstimator(backend), "movenet_lightning_int8", 0.2)
-    stage.process(source.read(), PipelineStats())
+    stage.process(source.read())
     source.close()
     (model_input,) = backend.inputs
     # 64x48 letterboxes to 192x144 at rows 24..168 of the 192x192 input.

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from edgepose.config import Config
+from edgepose.errors import BackendError, ModelError, SourceError
 from edgepose.health import PipelineStats
 from edgepose.inference.runtime import load_runtime, open_cpu_backend
-from edgepose.inference.stage import PoseStage, build_stage
+from edgepose.inference.stage import InferenceResult, PoseStage, Prepared, StageTimings, build_stage
 from edgepose.pipeline import (
     END_OF_STREAM,
+    CaptureLoop,
     EndOfStream,
     HandOff,
     InlineFeed,
@@ -28,6 +30,7 @@ from edgepose.pipeline import (
     PublishLoop,
     SequentialSlot,
 )
+from edgepose.pose import CropBox
 from edgepose.sources.base import Frame
 from edgepose.sources.synthetic import SyntheticSource
 
@@ -181,3 +184,108 @@ def test_max_fps_throttles_and_counts(stage: PoseStage) -> None:
     publish.run(threading.Event())
     assert len(publisher.messages) == 2
     assert stats.counters.frames_dropped_throttle == 8
+
+
+class FlakySource:
+    """A finite sequential source whose read fails (SourceError) at the given read numbers."""
+
+    description = "flaky"
+    delivery = "sequential"
+    frames_skipped = 0
+
+    def __init__(self, frames: int, failing_reads: frozenset[int]) -> None:
+        self.frames = frames
+        self.failing_reads = failing_reads
+        self.reads = 0
+        self.index = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        self.reads += 1
+        if self.reads in self.failing_reads:
+            raise SourceError("injected: camera read failed")
+        if self.index >= self.frames:
+            return None
+        self.index += 1
+        return _frame(self.index - 1)
+
+    def close(self) -> None:
+        pass
+
+
+class FlakyStage:
+    """A PoseStage whose prepare, invoke and finish each fail for one residue of the frame index mod 4."""
+
+    model_name = "flaky"
+    backend_kind = "cpu"
+
+    def new_input(self) -> np.ndarray:
+        return np.zeros((1, 4, 4, 3), np.uint8)
+
+    def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
+        if frame.index % 4 == 1:
+            raise ModelError("injected: preprocessing failed")
+        return Prepared(frame, CropBox(0.0, 0.0, 1.0, 1.0), tensor, 0.1)
+
+    def invoke(self, prepared: Prepared) -> list[np.ndarray]:
+        if prepared.frame.index % 4 == 2:
+            raise BackendError("injected: invoke failed")
+        return [np.zeros((1, 1, 17, 3), np.float32)]
+
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:
+        frame = prepared.frame
+        if frame.index % 4 == 3:
+            raise ModelError("injected: decoding failed")
+        return InferenceResult(
+            frame.timestamp_s,
+            frame.monotonic_s,
+            frame.width_px,
+            frame.height_px,
+            (),
+            prepared.box,
+            False,
+            StageTimings(prepared.preprocess_ms, invoke_ms, 0.1),
+            self.model_name,
+            self.backend_kind,
+        )
+
+    def process(self, frame: Frame) -> InferenceResult:
+        prepared = self.prepare(frame, self.new_input())
+        return self.finish(prepared, self.invoke(prepared), 0.0)
+
+
+def test_failures_in_all_four_loops_at_once_are_each_counted_once() -> None:
+    """capture, prepare, invoke and publish fail concurrently; each loop owns its failure counter
+    (one writer each), and health's frames_failed is their exact sum."""
+    frames = 400
+    stats = PipelineStats()
+    source = FlakySource(frames, failing_reads=frozenset({50, 120}))
+    stops = [threading.Event() for _ in range(4)]
+    slot = SequentialSlot(stops[0])
+    capture = CaptureLoop(source, slot, stats, reopen_backoff_max_s=0.5, on_state=lambda reason: None)
+    stage = FlakyStage()
+    hand_off, clock = HandOff(), InvokeClock()
+    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue(maxsize=8)
+    publisher = MemoryPublisher()
+    prepare = PrepareLoop(slot, stage, hand_off, clock, stats, max_frames=None)
+    invoke = InvokeLoop(stage, hand_off, clock, invoked, stats, lambda: None)
+    publish = PublishLoop(invoked, stage, publisher, "t/keypoints", 0, "dev", stats)
+    threads = [
+        threading.Thread(target=loop.run, args=(stop,))
+        for loop, stop in zip((capture, prepare, invoke, publish), stops, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+
+    c = stats.counters
+    per_residue = frames // 4
+    assert (c.capture_failed, c.prepare_failed, c.invoke_failed, c.decode_failed) == (2, *[per_residue] * 3)
+    assert c.frames_failed == 2 + 3 * per_residue
+    assert c.frames_captured == frames and c.source_reopens == 2
+    assert c.frames_inferred == 2 * per_residue  # prepare and invoke failures never reach the count
+    assert c.frames_published == len(publisher.messages) == per_residue

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edgepose.crop import refine_crops
-from edgepose.health import PipelineStats
 from edgepose.inference.movenet import SinglePoseEstimator
 from edgepose.inference.runtime import load_runtime, open_cpu_backend
 from edgepose.inference.stage import SinglePoseStage
@@ -55,7 +54,7 @@ def test_smart_crop_beats_letterbox_from_the_second_frame(
         for index in range(8):
             x, y = 300 + 12 * index, 300  # the person walks slowly to the right
             canvas = _canvas(small, x, y)
-            result = stage.process(Frame(canvas, index / 30, index / 30, index), PipelineStats())
+            result = stage.process(Frame(canvas, index / 30, index / 30, index))
             smart = np.array([[k.y, k.x, k.score] for k in result.poses[0].keypoints])
             smart_errors.append(_error_photo_px(smart, truth, scale, x, y))
             letterbox_errors.append(_error_photo_px(estimator.estimate(canvas).keypoints, truth, scale, x, y))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from edgepose.config import Config
-from edgepose.health import PipelineStats
 from edgepose.inference.runtime import load_runtime, open_cpu_backend
 from edgepose.inference.stage import MultiPoseStage, PoseNetStage, SinglePoseStage, build_stage
 from edgepose.mqtt.payloads import KeypointsMessage, encode, keypoints_payload
@@ -48,7 +47,7 @@ def test_thunder_and_float_singlepose_share_the_code_path(tmp_path: Path, size: 
     config = Config().model.model_copy(update={"smart_crop": False})
     stage = build_stage(open_cpu_backend(path, load_runtime("auto"), 1), "thunder", config, "video")
     assert isinstance(stage, SinglePoseStage) and stage.estimator.input_size_px == size
-    result = stage.process(_frame(480, 640), PipelineStats())
+    result = stage.process(_frame(480, 640))
     # A 640x480 frame letterboxed into a square: model y 0.5 is frame y 0.5, x maps straight.
     nose, right_ankle = result.poses[0].keypoints[0], result.poses[0].keypoints[16]
     assert nose.x == pytest.approx(0.5, abs=1e-3)
@@ -72,7 +71,6 @@ def _multipose_rows(x_shift: float) -> np.ndarray:
 
 def test_multipose_gives_ids_and_boxes_that_persist(tmp_path: Path) -> None:
     config = Config().model
-    stats = PipelineStats()
     stage = None
     ids_per_frame = []
     for index in range(4):
@@ -84,7 +82,7 @@ def test_multipose_gives_ids_and_boxes_that_persist(tmp_path: Path) -> None:
             assert isinstance(stage, MultiPoseStage)
         else:
             stage.backend = backend
-        result = stage.process(_frame(480, 640, index), stats)
+        result = stage.process(_frame(480, 640, index))
         assert len(result.poses) == 2
         assert backend.input_spec.shape == (1, 192, 256, 3)  # resized to the frame's aspect, /32
         ids_per_frame.append([pose.track_id for pose in result.poses])
@@ -105,7 +103,7 @@ def test_posenet_decodes_heatmap_peaks(tmp_path: Path) -> None:
     path = posenet_model(tmp_path / "posenet.tflite", heatmaps, offsets, displacements, displacements)
     stage = build_stage(open_cpu_backend(path, load_runtime("auto"), 1), "posenet", Config().model, "video")
     assert isinstance(stage, PoseNetStage)
-    result = stage.process(_frame(257, 257), PipelineStats())
+    result = stage.process(_frame(257, 257))
     (pose,) = result.poses
     first = pose.keypoints[0]
     assert first.x == pytest.approx(4 * 32 / 257, abs=1e-3)

@@ -64,6 +64,15 @@ def apex_temperature_c(name: str, sysfs_root: Path = SYSFS_ROOT) -> float | None
         return None
 
 
+def read_edgetpu_temp_c(sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> float | None:
+    """The first PCIe/M.2 Coral's temperature (the USB Accelerator reports none)."""
+    for node in apex_nodes(dev_root):
+        temperature_c = apex_temperature_c(node.name, sysfs_root)
+        if temperature_c is not None:
+            return round(temperature_c, 1)
+    return None
+
+
 def _pci_label(node: Path, temperature_c: float | None) -> str:
     return f"pci:{node}" + (f" ({temperature_c:.1f}°C)" if temperature_c is not None else "")
 

@@ -20,6 +20,7 @@ import multiprocessing
 import signal
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
@@ -30,6 +31,7 @@ import numpy as np
 
 from edgepose.errors import BackendError, ModelError
 from edgepose.inference.runtime import (
+    BackendKind,
     InferenceBackend,
     InterpreterBackend,
     Runtime,
@@ -141,8 +143,31 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _error_kind(exc: BaseException) -> str:
-    return "ModelError" if isinstance(exc, ModelError) else "BackendError"
+class Reply(StrEnum):
+    """What the child sends on the pipe: start-up progress, then one reply per invoke."""
+
+    LOADED = "loaded"
+    READY = "ready"
+    FAILED = "failed"  # while starting: (FAILED, ErrorKind, message)
+    DONE = "done"
+    ERROR = "error"  # an invoke raised: (ERROR, ErrorKind, message)
+
+
+class ErrorKind(StrEnum):
+    """Which domain error a child's failure becomes in the parent."""
+
+    MODEL = "ModelError"
+    BACKEND = "BackendError"
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    LOADED = "loaded"
+    READY = "ready"
+
+
+def _error_kind(exc: BaseException) -> ErrorKind:
+    return ErrorKind.MODEL if isinstance(exc, ModelError) else ErrorKind.BACKEND
 
 
 def _build(spec: WorkerSpec) -> InferenceBackend:
@@ -156,7 +181,7 @@ def _child_main(spec: WorkerSpec, conn: Connection, layout: TensorLayout, input_
     """Load, test-invoke once, report, then serve "go" until "stop" or the parent goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    failure: tuple[str, str] | None = None
+    failure: tuple[ErrorKind, str] | None = None
     # The failure's traceback holds LiteRT's half-built Delegate, whose __del__ complains on stderr
     # when it is freed: free it (at the end of `except`) while that complaint is muted.
     with _quiet_failed_delegate():
@@ -168,21 +193,21 @@ def _child_main(spec: WorkerSpec, conn: Connection, layout: TensorLayout, input_
         except BaseException as exc:  # every failure goes to the parent as one line, never a traceback
             failure = (_error_kind(exc), _one_line(exc))
     if failure is not None:
-        conn.send(("failed", *failure))
+        conn.send((Reply.FAILED, *failure))
         return
-    conn.send(("loaded",))
+    conn.send((Reply.LOADED,))
     try:
         input_memory = SharedMemory(name=input_name)
         output_memory = SharedMemory(name=output_name)
     except OSError as exc:
-        conn.send(("failed", "BackendError", f"cannot attach the shared tensors: {exc}"))
+        conn.send((Reply.FAILED, ErrorKind.BACKEND, f"cannot attach the shared tensors: {exc}"))
         return
     try:
         backend.invoke(np.zeros(layout.input.shape, np.dtype(layout.input.dtype)))
     except Exception as exc:
-        conn.send(("failed", _error_kind(exc), f"test invoke failed: {_one_line(exc)}"))
+        conn.send((Reply.FAILED, _error_kind(exc), f"test invoke failed: {_one_line(exc)}"))
         return
-    conn.send(("ready",))
+    conn.send((Reply.READY,))
     try:
         _serve(backend, conn, layout.input.view(input_memory.buf), [t.view(output_memory.buf) for t in layout.outputs])
     finally:
@@ -203,9 +228,9 @@ def _serve(backend: InferenceBackend, conn: Connection, input_view: np.ndarray, 
             for view, result in zip(output_views, backend.invoke(input_view), strict=True):
                 view[...] = result
         except Exception as exc:
-            reply: tuple[str, ...] = ("error", _error_kind(exc), _one_line(exc))
+            reply: tuple[str, ...] = (Reply.ERROR, _error_kind(exc), _one_line(exc))
         else:
-            reply = ("done",)
+            reply = (Reply.DONE,)
         try:
             conn.send(reply)
         except OSError:
@@ -219,13 +244,13 @@ def _serve(backend: InferenceBackend, conn: Connection, input_view: np.ndarray, 
 class WorkerFailed(Exception):
     """The child failed to load, raised, hung or died; `kind` names the domain error to raise at start."""
 
-    def __init__(self, message: str, kind: str = "BackendError") -> None:
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.BACKEND) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
 
     def as_error(self) -> BackendError | ModelError:
-        return ModelError(self.message) if self.kind == "ModelError" else BackendError(self.message)
+        return ModelError(self.message) if self.kind == ErrorKind.MODEL else BackendError(self.message)
 
 
 def _ended(process: BaseProcess) -> str:
@@ -259,7 +284,7 @@ class _Worker:
         # Only the child holds its end now, so the child dying shows up here as EOF.
         child_end.close()
         self.conn = parent_end
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.phase_started_s = time.monotonic()
 
     def _receive(self) -> tuple[Any, ...]:
@@ -272,21 +297,21 @@ class _Worker:
     def poll_start(self, startup_timeout_s: float, warmup_timeout_s: float, wait_s: float = 0.0) -> bool:
         """Advance the start without blocking (or up to wait_s); True once ready, WorkerFailed on failure."""
         deadline_s = time.monotonic() + wait_s
-        while self.state != "ready":
+        while self.state != WorkerState.READY:
             now = time.monotonic()
-            limit_s = startup_timeout_s if self.state == "starting" else warmup_timeout_s
+            limit_s = startup_timeout_s if self.state == WorkerState.STARTING else warmup_timeout_s
             phase_deadline_s = self.phase_started_s + limit_s
             if now > phase_deadline_s:
-                what = "load the model" if self.state == "starting" else "finish its test invoke"
+                what = "load the model" if self.state == WorkerState.STARTING else "finish its test invoke"
                 raise WorkerFailed(f"EdgeTPU worker did not {what} within {limit_s:.1f}s")
             if not self.conn.poll(max(0.0, min(deadline_s, phase_deadline_s) - now)):
                 if time.monotonic() >= deadline_s:
                     return False
                 continue
             message = self._receive()
-            if message[0] == "failed":
-                raise WorkerFailed(message[2], message[1])
-            self.state = str(message[0])  # "loaded" or "ready"
+            if message[0] == Reply.FAILED:
+                raise WorkerFailed(message[2], ErrorKind(message[1]))
+            self.state = WorkerState(message[0])  # loaded or ready
             self.phase_started_s = time.monotonic()
         return True
 
@@ -299,8 +324,8 @@ class _Worker:
         if not self.conn.poll(timeout_s):
             raise WorkerFailed(f"invoke did not return within {timeout_s:.2f}s (hung)")
         message = self._receive()
-        if message[0] != "done":
-            raise WorkerFailed(f"invoke failed: {message[2]}", message[1])
+        if message[0] != Reply.DONE:
+            raise WorkerFailed(f"invoke failed: {message[2]}", ErrorKind(message[1]))
 
     def kill(self, wait_s: float = 0.0) -> bool:
         """SIGKILL; True once reaped. Without wait_s it never blocks: the caller reaps it later."""
@@ -313,7 +338,7 @@ class _Worker:
 
     def stop(self) -> bool:
         """Shutdown: ask the child to exit, kill it if it does not (a hung invoke never reads "stop")."""
-        if self.state == "ready":  # a child still loading reads no messages yet
+        if self.state == WorkerState.READY:  # a child still loading reads no messages yet
             try:
                 self.conn.send_bytes(_STOP)
             except OSError:
@@ -404,8 +429,8 @@ class FallbackBackend:
     # -- InferenceBackend -------------------------------------------------------------------------
 
     @property
-    def kind(self) -> str:
-        return "edgetpu" if self._active is not None else "cpu"
+    def kind(self) -> BackendKind:
+        return BackendKind.EDGETPU if self._active is not None else BackendKind.CPU
 
     @property
     def degraded(self) -> bool:

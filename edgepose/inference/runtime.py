@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,13 @@ _RUNTIME_PACKAGES = {"litert": "ai-edge-litert", "tflite": "tflite-runtime"}
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+
+
+class BackendKind(StrEnum):
+    """Where an invoke runs; serialised as these strings in payloads and health."""
+
+    CPU = "cpu"
+    EDGETPU = "edgetpu"
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class InferenceBackend(Protocol):
     """What the estimator needs from an accelerator: one input tensor in, output tensors out."""
 
     @property
-    def kind(self) -> str: ...  # "cpu" | "edgetpu": where the next invoke runs
+    def kind(self) -> BackendKind: ...  # where the next invoke runs
 
     @property
     def runtime(self) -> Runtime: ...
@@ -129,7 +137,7 @@ class InterpreterBackend:
 
     degraded_reason: str | None = None
 
-    def __init__(self, interpreter: Any, kind: str, runtime: Runtime, model_path: Path) -> None:
+    def __init__(self, interpreter: Any, kind: BackendKind, runtime: Runtime, model_path: Path) -> None:
         self._interpreter = interpreter
         self._kind = kind
         self._runtime = runtime
@@ -141,7 +149,7 @@ class InterpreterBackend:
         self._output_specs = [_spec(d) for d in self._interpreter.get_output_details()]
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> BackendKind:
         return self._kind
 
     @property
@@ -203,7 +211,7 @@ def open_cpu_backend(model_path: Path, runtime: Runtime, num_threads: int) -> In
             interpreter.allocate_tensors()
     except (RuntimeError, ValueError, OSError) as exc:
         raise _model_error(model_path, exc) from None
-    return InterpreterBackend(interpreter, "cpu", runtime, model_path)
+    return InterpreterBackend(interpreter, BackendKind.CPU, runtime, model_path)
 
 
 @contextlib.contextmanager
@@ -246,4 +254,4 @@ def open_edgetpu_backend(model_path: Path, runtime: Runtime, device: str) -> Int
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError, OSError) as exc:
         raise _model_error(model_path, exc) from None
-    return InterpreterBackend(interpreter, "edgetpu", runtime, model_path)
+    return InterpreterBackend(interpreter, BackendKind.EDGETPU, runtime, model_path)

@@ -19,7 +19,6 @@ from edgepose.config import ModelConfig
 from edgepose.crop import CropRegionTracker, refine_crops
 from edgepose.errors import ModelError
 from edgepose.geometry import box_to_frame, crop_and_resize_into, letterbox_box
-from edgepose.health import PipelineStats
 from edgepose.inference.movenet import SinglePoseEstimator, decode_singlepose, keypoints_to_pose
 from edgepose.inference.multipose import (
     decode_multipose,
@@ -39,6 +38,15 @@ Family = Literal["movenet_singlepose", "movenet_multipose", "posenet"]
 
 
 @dataclass(frozen=True)
+class StageTimings:
+    """Where one frame's time went inside the stage; the pipeline records them, the stage keeps no stats."""
+
+    preprocess_ms: float
+    invoke_ms: float
+    decode_ms: float
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     frame_timestamp_s: float
     frame_monotonic_s: float
@@ -47,9 +55,13 @@ class InferenceResult:
     poses: tuple[Pose, ...]
     crop: CropBox | None
     smoothed: bool
-    inference_ms: float
+    timings: StageTimings
     model: str
     backend: str
+
+    @property
+    def inference_ms(self) -> float:
+        return self.timings.invoke_ms
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,11 +93,9 @@ class PoseStage(Protocol):
 
     def invoke(self, prepared: Prepared) -> list[np.ndarray]: ...
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
-    ) -> InferenceResult: ...
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult: ...
 
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult: ...
+    def process(self, frame: Frame) -> InferenceResult: ...
 
 
 class _StageBase:
@@ -115,19 +125,17 @@ class _StageBase:
     def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
         raise NotImplementedError
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
-    ) -> InferenceResult:
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:
         raise NotImplementedError
 
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
+    def process(self, frame: Frame) -> InferenceResult:
         prepared = self.prepare(frame, self.new_input())
         started = time.perf_counter()
         outputs = self.invoke(prepared)
-        return self.finish(prepared, outputs, (time.perf_counter() - started) * 1e3, stats)
+        return self.finish(prepared, outputs, (time.perf_counter() - started) * 1e3)
 
     def _single_pose_result(
-        self, prepared: Prepared, keypoints: np.ndarray, invoke_ms: float, stats: PipelineStats, started_s: float
+        self, prepared: Prepared, keypoints: np.ndarray, invoke_ms: float, started_s: float
     ) -> InferenceResult:
         """Smooth (video), threshold and record one frame-normalized (17, 3) pose."""
         frame = prepared.frame
@@ -136,11 +144,13 @@ class _StageBase:
                 keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
             )
         pose = keypoints_to_pose(keypoints)
-        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - started_s) * 1e3)
+        timings = StageTimings(prepared.preprocess_ms, invoke_ms, (time.perf_counter() - started_s) * 1e3)
         poses = (pose,) if pose.score >= self.score_threshold else ()
-        return self._result(prepared, poses, self._smoother is not None, invoke_ms)
+        return self._result(prepared, poses, self._smoother is not None, timings)
 
-    def _result(self, prepared: Prepared, poses: tuple[Pose, ...], smoothed: bool, invoke_ms: float) -> InferenceResult:
+    def _result(
+        self, prepared: Prepared, poses: tuple[Pose, ...], smoothed: bool, timings: StageTimings
+    ) -> InferenceResult:
         frame = prepared.frame
         return InferenceResult(
             frame_timestamp_s=frame.timestamp_s,
@@ -150,7 +160,7 @@ class _StageBase:
             poses=poses,
             crop=prepared.box,
             smoothed=smoothed,
-            inference_ms=invoke_ms,
+            timings=timings,
             model=self._model_name,
             backend=self.backend_kind,
         )
@@ -170,13 +180,6 @@ def detect_family(backend: InferenceBackend) -> Family:
         f"unsupported model: outputs {shapes}; expected MoveNet single-pose [1,1,17,3], "
         "MoveNet MultiPose [1,6,56] or PoseNet heatmaps/offsets/displacements"
     )
-
-
-def _record(stats: PipelineStats, preprocess_ms: float, invoke_ms: float, decode_ms: float) -> None:
-    stats.stages["preprocess"].add(preprocess_ms)
-    stats.stages["invoke"].add(invoke_ms)
-    stats.stages["decode"].add(decode_ms)
-    stats.inference_ms.add(invoke_ms)
 
 
 def _one_euro(config: ModelConfig) -> OneEuroParams | None:
@@ -222,20 +225,18 @@ class SinglePoseStage(_StageBase):
         box = self.estimator.prepare_into(frame.image, requested, tensor)
         return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
-    ) -> InferenceResult:
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:
         start = time.perf_counter()
         frame = prepared.frame
         keypoints = decode_singlepose(outputs[0], prepared.box)
         if self._crop is not None:
             with self._crop_lock:
                 self._crop.next_box(keypoints, frame.height_px, frame.width_px)
-        return self._single_pose_result(prepared, keypoints, invoke_ms, stats, start)
+        return self._single_pose_result(prepared, keypoints, invoke_ms, start)
 
-    def process(self, frame: Frame, stats: PipelineStats) -> InferenceResult:
+    def process(self, frame: Frame) -> InferenceResult:
         if not (self.mode == "stills" and self.smart_crop):
-            return super().process(frame, stats)
+            return super().process(frame)
         totals = [0.0, 0.0, 0.0]
         used: dict[int, CropBox] = {}
 
@@ -248,11 +249,11 @@ class SinglePoseStage(_StageBase):
             return raw.keypoints
 
         refined = refine_crops(estimate, frame.height_px, frame.width_px)
-        _record(stats, *totals)
         pose = keypoints_to_pose(refined.keypoints)
         box = used.get(id(refined.box), refined.box)
         prepared = Prepared(frame, box, self.estimator.new_input(), totals[0])
-        return self._result(prepared, (pose,) if pose.score >= self.score_threshold else (), False, totals[1])
+        poses = (pose,) if pose.score >= self.score_threshold else ()
+        return self._result(prepared, poses, False, StageTimings(*totals))
 
 
 class MultiPoseStage(_StageBase):
@@ -285,9 +286,7 @@ class MultiPoseStage(_StageBase):
         box = crop_and_resize_into(frame.image, multipose_box(frame.height_px, frame.width_px, in_h, in_w), tensor[0])
         return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
-    ) -> InferenceResult:
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:
         start = time.perf_counter()
         frame = prepared.frame
         detections = detections_to_frame(decode_multipose(outputs[0], self.score_threshold), prepared.box)
@@ -314,8 +313,8 @@ class MultiPoseStage(_StageBase):
                     bbox=BoundingBox(xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax),
                 )
             )
-        _record(stats, prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
-        return self._result(prepared, tuple(poses), smoothed, invoke_ms)
+        timings = StageTimings(prepared.preprocess_ms, invoke_ms, (time.perf_counter() - start) * 1e3)
+        return self._result(prepared, tuple(poses), smoothed, timings)
 
 
 class PoseNetStage(_StageBase):
@@ -344,16 +343,14 @@ class PoseNetStage(_StageBase):
         posenet_preprocess_into(self._staging, tensor)
         return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float, stats: PipelineStats
-    ) -> InferenceResult:
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:
         start = time.perf_counter()
         heatmaps, offsets, *_ = outputs
         in_h, in_w = prepared.tensor.shape[1], prepared.tensor.shape[2]
         model_keypoints = decode_single_pose(heatmaps, offsets, in_h, in_w)
         keypoints = model_keypoints.copy()
         keypoints[:, :2] = box_to_frame(model_keypoints[:, :2], prepared.box)
-        return self._single_pose_result(prepared, keypoints, invoke_ms, stats, start)
+        return self._single_pose_result(prepared, keypoints, invoke_ms, start)
 
 
 def build_stage(backend: InferenceBackend, model_name: str, config: ModelConfig, mode: Mode) -> PoseStage:

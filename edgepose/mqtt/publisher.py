@@ -39,6 +39,10 @@ class MqttPublisher:
         self.stats = MqttStats()
         self._retained_on_connect: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
+        # Messages paho accepted and has not yet reported through on_publish (mid -> qos). on_publish
+        # can run on paho's thread before publish() has returned here: such mids wait in _confirmed.
+        self._in_flight: dict[int, int] = {}
+        self._confirmed: set[int] = set()
         self._stopping = False
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -60,6 +64,7 @@ class MqttPublisher:
         client.max_queued_messages_set(config.max_queued_messages)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         self._client = client
 
     @property
@@ -79,24 +84,50 @@ class MqttPublisher:
         self.stats.connected = True
         self.stats.connects += 1
         log.info("MQTT connected to %s (connection %d)", self.address, self.stats.connects)
-        client.publish(self.topics.status, STATUS_ONLINE, qos=self.config.qos.status, retain=True)
+        self._send(self.topics.status, STATUS_ONLINE, self.config.qos.status, retain=True)
         with self._lock:
             pending = list(self._retained_on_connect.items())
         for topic, (payload, qos) in pending:
-            client.publish(topic, payload, qos=qos, retain=True)
+            self._send(topic, payload, qos, retain=True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_connected = self.stats.connected
         self.stats.connected = False
+        with self._lock:
+            # paho drops QoS 0 messages still queued when a connection is lost (and keeps QoS 1/2 to resend).
+            self._in_flight = {mid: qos for mid, qos in self._in_flight.items() if qos > 0}
         if was_connected and not self._stopping:
             self.stats.disconnects += 1
             self.stats.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT disconnected from %s (%s); retrying with back-off", self.address, reason_code)
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            if self._in_flight.pop(mid, None) is None:
+                self._confirmed.add(mid)
+
+    def _send(
+        self, topic: str, payload: bytes | str, qos: int, retain: bool = False
+    ) -> tuple[bool, mqtt.MQTTMessageInfo]:
+        """Every publish goes through here, so every message paho keeps is tracked until on_publish.
+
+        True when paho kept the message: sent or queued, and also QoS 1/2 while disconnected
+        (paho answers NO_CONN but keeps it for the next connection and reports it via on_publish).
+        """
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        kept = info.rc == mqtt.MQTT_ERR_SUCCESS or (info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0)
+        if kept:
+            with self._lock:
+                if info.mid in self._confirmed:
+                    self._confirmed.discard(info.mid)
+                else:
+                    self._in_flight[info.mid] = qos
+        return kept, info
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
         """Queue a message; False when paho refused it (disconnected at QoS 0, or queue full)."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        kept, _ = self._send(topic, payload, qos, retain=retain)
+        if not kept:
             self.stats.publish_refused += 1
             return False
         return True
@@ -110,15 +141,16 @@ class MqttPublisher:
         return self.publish(topic, payload, qos, retain=True)
 
     def queued(self) -> int:
-        # paho's outgoing queue and in-flight QoS>0 messages: what would be lost on a crash.
-        return len(getattr(self._client, "_out_packet", ())) + len(getattr(self._client, "_out_messages", {}))
+        """Messages handed to paho and not yet sent (QoS 0) or acknowledged (QoS 1/2): lost on a crash."""
+        with self._lock:
+            return len(self._in_flight)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Publish `offline`, flush what is queued, disconnect. Bounded by timeout_s."""
         deadline = time.monotonic() + timeout_s
         self._stopping = True
         if self.stats.connected:
-            info = self._client.publish(self.topics.status, STATUS_OFFLINE, qos=self.config.qos.status, retain=True)
+            _, info = self._send(self.topics.status, STATUS_OFFLINE, self.config.qos.status, retain=True)
             try:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (ValueError, RuntimeError) as exc:
