@@ -285,7 +285,10 @@ class Daemon:
         # The swap: one assignment. Then the replaced parts close; the reused ones now belong to `bundle`.
         self._bundle = bundle
         self.config = new
-        old.close_replaced(bundle)
+        try:
+            old.close_replaced(bundle)
+        except Exception:  # the new parts run; a part that fails to close is logged, not fatal
+            log.exception("closing the parts the reload replaced")
         self.run_state.reload_problem = None
         logging.getLogger().setLevel(new.logging.level)
         log.info("configuration reloaded; changed: %s", ", ".join(changed) or "nothing")

@@ -362,10 +362,14 @@ def rebuild(old: Bundle, new_config: Config, host: Host) -> Bundle:
                     parts[spec.name], stacks[spec.name] = _enter(spec, new_config, parts, host)
                 except EdgeposeError as exc:
                     raise ReloadFailed([f"{spec.name}: {exc}"]) from exc
+                except Exception as exc:  # a bug in a part must not take the running daemon down
+                    log.exception("building the %s part for the reload", spec.name)
+                    raise ReloadFailed([f"{spec.name}: internal error: {type(exc).__name__}: {exc}"]) from exc
                 building.push(stacks[spec.name])
             building.pop_all()
     except ReloadFailed:
         raise
-    except EdgeposeError as exc:  # a handover could not give a device back
-        raise ReloadFailed([str(exc)]) from exc
+    except Exception as exc:  # a handover failed to lend or give back a device
+        log.exception("handing a device over for the reload")
+        raise ReloadFailed([f"handover: {type(exc).__name__}: {exc}"]) from exc
     return Bundle(new_config, old.specs, parts, stacks)

@@ -36,7 +36,9 @@ from edgepose.inference.stage import build_stage
 from edgepose.models import load_manifest, resolve_model
 from edgepose.parts import MODEL, PARTS, Host, Inference, PartSpec, stage_mode
 from tests.conftest import Broker, Collector, write_video
+from tests.fakes.picamera2_fake import FakeCameraSystem, Picamera2
 from tests.test_fallback import faulty_spec
+from tests.test_picamera2 import install
 
 DEVICE = "inproc"
 
@@ -460,3 +462,48 @@ def test_sigterm_through_the_cli_in_process(
     assert code == EXIT_OK
     assert len(collector.on(f"{DEVICE}/keypoints")) >= 3
     assert_nothing_left(before, [])
+
+
+def test_reload_hands_the_camera_device_over_and_back(
+    broker: Broker, subscribe: Any, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera opens once: the running one is closed while its replacement opens, and reopened when
+    the replacement fails (model ok + camera fails, on the picamera2 stand-in)."""
+    system = FakeCameraSystem()
+    install(monkeypatch, system)
+    open_at_construction: list[int] = []
+    real_init = Picamera2.__init__
+
+    def init(self: Picamera2, *args: Any, **kwargs: Any) -> None:
+        open_at_construction.append(len(system.open_cameras))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Picamera2, "__init__", init)
+    collector = subscribe(broker)
+    camera = {"source": "picamera2", "width": 64, "height": 48, "fps": 30.0}
+    config = make_config(broker, model_dir, camera=camera)
+    lifecycle = Lifecycle()
+    reloader = Reloader(config)
+    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(PARTS))
+    running = start(daemon)
+    keypoints_keep_flowing(collector)
+    old = daemon.bundle
+
+    system.open_errors.append(RuntimeError("Camera __init__ sequence did not complete."))
+    reloader.reload(
+        daemon, make_config(broker, model_dir, model={"score_threshold": 0.3}, camera={**camera, "width": 96})
+    )
+    assert daemon.bundle is old
+    flowing = keypoints_keep_flowing(collector)
+    assert {m["frame"]["width"] for m in flowing} == {64}  # the old camera, reopened
+    wait_until(lambda: "reload failed" in (last_health(collector)["state_reason"] or ""), what="health")
+    assert "Camera __init__ sequence did not complete" in last_health(collector)["state_reason"]
+
+    reloader.reload(daemon, make_config(broker, model_dir, camera={**camera, "width": 96}))
+    assert daemon.bundle.source is not old.source
+    wait_until(lambda: keypoints(collector)[-1]["frame"]["width"] == 96, what="the new camera size")
+    assert running.stop() == EXIT_OK
+    lifecycle.assert_each_closed_once()
+    # Opened at start, tried once, reopened, replaced: never while another instance held the camera.
+    assert open_at_construction == [0, 0, 0, 0], open_at_construction
+    assert system.open_cameras == []
