@@ -135,6 +135,13 @@ _SOURCE_FORMS = "auto, picamera2, demo, synthetic[:FPS], file:PATH, images:GLOB_
 
 def parse_source(value: object) -> object:
     """The string forms of `camera.source` -> the fields of one variant. The only place they are parsed."""
+    if isinstance(value, dict) and "kind" not in value:
+        if len(value) == 1 and next(iter(value)) in {k.value for k in SourceKind}:
+            # YAML read `images:` (or `--set camera.source=usb: 0`) as a one-key mapping: the string was meant.
+            ((kind_text, arg),) = value.items()
+            value = f"{kind_text}:{'' if arg is None else arg}"
+        else:
+            raise ValueError(f"expected one of {_SOURCE_FORMS}, or a mapping with a 'kind' key")
     if not isinstance(value, str):
         return value  # a mapping (`{kind: file, path: ...}`) or an already typed value
     text = value.strip()

@@ -5,7 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from edgepose.config import Config, FileSpec, load_config
+from edgepose.config import (
+    AutoSpec,
+    Config,
+    DemoSpec,
+    FileSpec,
+    ImagesSpec,
+    Picamera2Spec,
+    SyntheticSpec,
+    UsbSpec,
+    V4l2Spec,
+    load_config,
+)
 from edgepose.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import REPO, run_edgepose
 
@@ -120,3 +131,42 @@ def test_mqtt_password_from_systemd_credential(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
         read_mqtt_password(config.mqtt)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auto", AutoSpec()),
+        ("picamera2", Picamera2Spec()),
+        ("demo", DemoSpec()),
+        ("synthetic", SyntheticSpec()),
+        ("synthetic:0.25", SyntheticSpec(fps=0.25)),
+        ("file:/x/clip.mp4", FileSpec(path=Path("/x/clip.mp4"))),
+        ("images:/x/*.jpg", ImagesSpec(pattern="/x/*.jpg")),
+        ("v4l2:/dev/video2", V4l2Spec(device="/dev/video2")),
+        ("usb:1", UsbSpec(index=1)),
+        ("{kind: usb, index: 1}", UsbSpec(index=1)),
+    ],
+)
+def test_camera_source_is_parsed_once_into_a_typed_value(text: str, expected: object) -> None:
+    config, _ = load_config(None, [f"camera.source={text}"])
+    assert config.camera.source == expected
+    if not text.startswith("{"):
+        assert str(config.camera.source) == text  # the string form round-trips for logs and docs
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("usb:x", "usb:x: expected a camera index such as usb:0"),
+        ("synthetic:fast", "'synthetic:fast': expected frames per second, e.g. synthetic:30"),
+        ("synthetic:0", "camera.source.synthetic.fps: Input should be greater than 0"),
+        ("demo:x", "'demo:x': demo takes no value after a colon"),
+        ("file", "'file' needs a value after a colon, e.g. file:/path/to/video.mp4"),
+        ("images:", "'images:' needs a value after the colon"),
+    ],
+)
+def test_bad_camera_source_names_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"camera.source={text}"])
+    assert message in info.value.problems[0], info.value.problems

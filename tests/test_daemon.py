@@ -96,9 +96,16 @@ class Lifecycle:
 
 @dataclass
 class Running:
+    """A daemon whose run() goes on in a thread, with its parts' lifecycle and its reload source."""
+
     daemon: Daemon
     thread: threading.Thread
     result: list[Any]
+    lifecycle: Lifecycle
+    reloader: Reloader
+
+    def reload(self, config: Config) -> None:
+        self.reloader.reload(self.daemon, config)
 
     def stop(self, timeout_s: float = 15.0) -> Any:
         self.daemon.request_stop("test")
@@ -110,7 +117,11 @@ class Running:
         return self.result[0]
 
 
-def start(daemon: Daemon) -> Running:
+def launch(config: Config, specs: tuple[PartSpec, ...] = PARTS, max_frames: int | None = None) -> Running:
+    """Daemon.run() on a thread of this process, every part instrumented."""
+    lifecycle = Lifecycle()
+    reloader = Reloader(config)
+    daemon = Daemon(config, max_frames=max_frames, reload_config=reloader, parts=lifecycle.instrument(specs))
     result: list[Any] = []
 
     def body() -> None:
@@ -121,7 +132,7 @@ def start(daemon: Daemon) -> Running:
 
     thread = threading.Thread(target=body, name="test-daemon-run")
     thread.start()
-    return Running(daemon, thread, result)
+    return Running(daemon, thread, result, lifecycle, reloader)
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
@@ -261,10 +272,8 @@ def flag(tmp_path: Path) -> Path:
 def test_start_reload_stop_in_process(broker: Broker, subscribe: Any, model_dir: Path) -> None:
     collector = subscribe(broker)
     config = make_config(broker, model_dir)
-    lifecycle = Lifecycle()
-    reloader = Reloader(config)
-    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(PARTS))
-    running = start(daemon)
+    running = launch(config)
+    daemon, lifecycle, reloader = running.daemon, running.lifecycle, running.reloader
     first = keypoints_keep_flowing(collector)
     assert first[0]["seq"] == 0 and first[0]["backend"] == "cpu"
     model, source, publisher = daemon.bundle.inference, daemon.bundle.source, daemon.bundle.publisher
@@ -286,10 +295,8 @@ def test_start_reload_stop_in_process(broker: Broker, subscribe: Any, model_dir:
 def test_reload_model_ok_camera_fails_keeps_old_parts(broker: Broker, subscribe: Any, model_dir: Path) -> None:
     collector = subscribe(broker)
     config = make_config(broker, model_dir)
-    lifecycle = Lifecycle()
-    reloader = Reloader(config)
-    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(PARTS))
-    running = start(daemon)
+    running = launch(config)
+    daemon, lifecycle, reloader = running.daemon, running.lifecycle, running.reloader
     keypoints_keep_flowing(collector)
     old = daemon.bundle
 
@@ -319,10 +326,8 @@ def test_reload_model_ok_camera_fails_keeps_old_parts(broker: Broker, subscribe:
 def test_reload_model_fails_keeps_old_parts(broker: Broker, subscribe: Any, model_dir: Path) -> None:
     collector = subscribe(broker)
     config = make_config(broker, model_dir)
-    lifecycle = Lifecycle()
-    reloader = Reloader(config)
-    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(PARTS))
-    running = start(daemon)
+    running = launch(config)
+    daemon, lifecycle, reloader = running.daemon, running.lifecycle, running.reloader
     keypoints_keep_flowing(collector)
     old = daemon.bundle
 
@@ -352,11 +357,8 @@ def test_reload_model_fails_and_old_device_cannot_be_taken_back(
     collector = subscribe(broker)
     before = resources()
     config = make_config(broker, model_dir)
-    lifecycle = Lifecycle()
-    reloader = Reloader(config)
-    specs = (fallback_model_part(flag), *PARTS[1:])
-    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(specs))
-    running = start(daemon)
+    running = launch(config, (fallback_model_part(flag), *PARTS[1:]))
+    daemon, lifecycle, reloader = running.daemon, running.lifecycle, running.reloader
     assert keypoints_keep_flowing(collector)[0]["backend"] == "edgetpu"
     old = daemon.bundle
 
@@ -385,9 +387,8 @@ def test_failure_while_building_closes_what_was_built(
 ) -> None:
     before = resources()
     config = make_config(broker, model_dir, camera={"source": "file:/nonexistent/clip.mp4"})
-    lifecycle = Lifecycle()
-    daemon = Daemon(config, parts=lifecycle.instrument((fallback_model_part(flag), *PARTS[1:])))
-    running = start(daemon)
+    running = launch(config, (fallback_model_part(flag), *PARTS[1:]))
+    lifecycle = running.lifecycle
     assert isinstance(running.join(), InputFileError)
     assert [name for name, _ in lifecycle.built] == ["model"]
     lifecycle.assert_each_closed_once()
@@ -408,13 +409,8 @@ def test_nothing_outlives_run(
     before = resources()
     camera = {"source": f"file:{short_video}", "loop": ending != "end_of_file"}
     config = make_config(broker, model_dir, camera=camera)
-    lifecycle = Lifecycle()
-    daemon = Daemon(
-        config,
-        max_frames=4 if ending == "max_frames" else None,
-        parts=lifecycle.instrument((fallback_model_part(flag), *PARTS[1:])),
-    )
-    running = start(daemon)
+    running = launch(config, (fallback_model_part(flag), *PARTS[1:]), max_frames=4 if ending == "max_frames" else None)
+    daemon, lifecycle = running.daemon, running.lifecycle
     if ending == "stop_request":
         wait_until(lambda: daemon.stats.counters.frames_inferred >= 3, what="frames inferred")
         assert running.stop() == EXIT_OK
@@ -482,10 +478,8 @@ def test_reload_hands_the_camera_device_over_and_back(
     collector = subscribe(broker)
     camera = {"source": "picamera2", "width": 64, "height": 48, "fps": 30.0}
     config = make_config(broker, model_dir, camera=camera)
-    lifecycle = Lifecycle()
-    reloader = Reloader(config)
-    daemon = Daemon(config, reload_config=reloader, parts=lifecycle.instrument(PARTS))
-    running = start(daemon)
+    running = launch(config)
+    daemon, lifecycle, reloader = running.daemon, running.lifecycle, running.reloader
     keypoints_keep_flowing(collector)
     old = daemon.bundle
 
