@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from edgepose import __version__
-from edgepose.config import Config, SourceKind, default_config_path, load_config
+from edgepose.config import Config, default_config_path, load_config
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, ConfigError, EdgeposeError, OutputError, UsageError
 
 if TYPE_CHECKING:
@@ -419,6 +419,6 @@ def _names_for_config(config: Config, manifest: Manifest) -> list[str]:
             names.append(spec.edgetpu_twin)
         if spec.cpu_twin:
             names.append(spec.cpu_twin)
-    if config.camera.source.kind == SourceKind.DEMO:
+    if config.camera.source.uses_sample_photos:
         names += list(manifest.samples)
     return names

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,9 +59,13 @@ DEVICE_KINDS = frozenset({SourceKind.AUTO, SourceKind.PICAMERA2, SourceKind.V4L2
 
 class _SourceSpec(_Section):
     kind: SourceKind
+    # What the rest of the program needs to know about a source, so that only the factory looks at `kind`:
+    stills: ClassVar[bool] = False  # unrelated photos: every frame stands alone (no crop tracking, smoothing)
+    uses_sample_photos: ClassVar[bool] = False  # reads the demo photos fetched into the model directory
 
     @property
     def is_device(self) -> bool:
+        """A physical camera: only one holder may open the device at a time."""
         return self.kind in DEVICE_KINDS
 
 
@@ -107,6 +111,7 @@ class FileSpec(_SourceSpec):
 
 class ImagesSpec(_SourceSpec):
     kind: Literal[SourceKind.IMAGES] = SourceKind.IMAGES
+    stills: ClassVar[bool] = True
     pattern: str = Field(min_length=1, description="a glob or a directory of photos")
 
     def __str__(self) -> str:
@@ -115,6 +120,7 @@ class ImagesSpec(_SourceSpec):
 
 class DemoSpec(_SourceSpec):
     kind: Literal[SourceKind.DEMO] = SourceKind.DEMO
+    uses_sample_photos: ClassVar[bool] = True
 
     def __str__(self) -> str:
         return "demo"

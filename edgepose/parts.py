@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from edgepose.config import Config, SourceKind, read_mqtt_password
+from edgepose.config import Config, read_mqtt_password
 from edgepose.errors import EdgeposeError
 from edgepose.inference.backends import cpu_build, model_label, select_backend
 from edgepose.inference.runtime import InferenceBackend, load_runtime
@@ -102,7 +102,7 @@ class Inference:
 
 def stage_mode(config: Config) -> Mode:
     # A folder of unrelated photos: every frame stands alone (no crop tracking, no smoothing).
-    return "stills" if config.camera.source.kind == SourceKind.IMAGES else "video"
+    return "stills" if config.camera.source.stills else "video"
 
 
 def build_inference(config: Config) -> Inference:
@@ -152,7 +152,7 @@ def _lend_edgetpu(old: object, old_config: Config, new_config: Config) -> Iterat
 def build_source(config: Config) -> FrameSource:
     """The configured source, not yet opened."""
     photos = None
-    if config.camera.source.kind == SourceKind.DEMO:
+    if config.camera.source.uses_sample_photos:
         photos = sample_paths(default_model_dir(config.model.dir), load_manifest())
     return open_source(config.camera, photos)
 
@@ -172,7 +172,7 @@ def _build_source_part(config: Config, parts: Mapping[str, object], host: Host) 
 
 def _source_key(config: Config) -> object:
     # The demo source reads its photos from the model directory.
-    demo_dir = config.model.dir if config.camera.source.kind == SourceKind.DEMO else None
+    demo_dir = config.model.dir if config.camera.source.uses_sample_photos else None
     return (config.camera, demo_dir)
 
 

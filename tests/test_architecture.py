@@ -91,3 +91,18 @@ def test_no_private_attributes_of_paho() -> None:
                 if isinstance(owner, ast.Attribute) and owner.attr == "_client":
                     private.append(f"{path.name}:{node.lineno} _client.{node.attr}")
     assert private == []
+
+
+def test_only_the_factory_dispatches_on_the_source_type() -> None:
+    """Outside config.py (which defines the variants), only sources/factory.py names them or their kinds."""
+    variants = {"SourceKind", "AutoSpec", "Picamera2Spec", "V4l2Spec", "UsbSpec", "FileSpec", "ImagesSpec"}
+    variants |= {"DemoSpec", "SyntheticSpec"}
+    naming = {
+        str(path.relative_to(PACKAGE)): sorted(
+            node.id for node in ast.walk(_tree(path)) if isinstance(node, ast.Name) and node.id in variants
+        )
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "config.py"
+    }
+    naming = {name: found for name, found in naming.items() if found}
+    assert list(naming) == ["sources/factory.py"], naming
