@@ -20,22 +20,24 @@ from edgepose.inference.runtime import TensorSpec
 from edgepose.inference.stage import SinglePoseStage
 from edgepose.pipeline import END_OF_STREAM, CaptureLoop, EndOfStream, Invoked, LatestFrameSlot, PublishLoop
 from edgepose.sources import factory
+from edgepose.sources import picamera2 as picamera2_adapter
 from edgepose.sources.base import Frame
 from edgepose.sources.opencv import CaptureDeviceSource
 from edgepose.sources.picamera2 import (
     MAIN_FORMAT,
+    MIN_PICAMERA2,
     PICAMERA2_HINT,
     ClockSample,
     Picamera2Source,
     frames_between,
     load_picamera2,
-    orientation_flips,
     sensor_stamps,
 )
 from tests.fakes.picamera2_fake import (
+    NEWEST,
+    RELEASES,
     FakeCameraSystem,
     Picamera2,
-    Transform,
     frame_index,
     imx708_info,
     make_modules,
@@ -51,17 +53,17 @@ def system() -> FakeCameraSystem:
     return FakeCameraSystem()
 
 
-def install(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, flush_supported: bool = True) -> None:
-    picamera2_module, libcamera_module = make_modules(system, flush_supported)
+def install(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, release: str = NEWEST) -> None:
+    picamera2_module, libcamera_module = make_modules(system, release)
     monkeypatch.setitem(sys.modules, "picamera2", picamera2_module)
     monkeypatch.setitem(sys.modules, "libcamera", libcamera_module)
 
 
 def make_source(
-    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, flush_supported: bool = True, **camera: Any
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, release: str = NEWEST, **camera: Any
 ) -> Picamera2Source:
     """Built through the factory, as the daemon builds it for `camera.source: picamera2`."""
-    install(monkeypatch, system, flush_supported)
+    install(monkeypatch, system, release)
     fields: dict[str, Any] = {"width": 64, "height": 48, "fps": 50.0} | camera
     source = factory.open_source(CameraConfig(source="picamera2", **fields))
     assert isinstance(source, Picamera2Source)
@@ -145,24 +147,30 @@ def test_red_scene_arrives_with_red_in_channel_0(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(
-    ("fmt", "red_pixel"),
-    [("BGR888", [255, 0, 0]), ("RGB888", [0, 0, 255]), ("XBGR8888", [255, 0, 0, 255]), ("XRGB8888", [0, 0, 255, 255])],
+    ("fmt", "outcome"),
+    [("BGR888", [255, 0, 0]), ("RGB888", [0, 0, 255]), ("XBGR8888", "expected an HxWx3"), ("XRGB8888", "HxWx3")],
 )
-def test_fake_lays_out_format_names_little_endian(system: FakeCameraSystem, fmt: str, red_pixel: list[int]) -> None:
-    """The stand-in is only evidence if a wrong format choice would show: "RGB888" must come out B,G,R."""
-    picamera2_module, _ = make_modules(system)
+def test_a_wrong_format_choice_would_show(
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, fmt: str, outcome: list[int] | str
+) -> None:
+    """The adapter with each picamera2 RGB format: only its own "BGR888" hands on red as R,G,B.
+
+    picamera2 names formats little-endian, so "RGB888" would swap red and blue, and the 4-byte formats are
+    refused by the adapter's shape check rather than passed on with an alpha channel.
+    """
+    monkeypatch.setattr(picamera2_adapter, "MAIN_FORMAT", fmt)
     system.scene_rgb = RED
-    camera = picamera2_module.Picamera2()
-    camera.configure(camera.create_video_configuration(main={"size": (32, 16), "format": fmt}))
-    camera.start()
-    request = camera.capture_request(wait=1.0)
+    source = make_source(monkeypatch, system)
+    source.open()
     try:
-        array = request.make_array("main")
+        if isinstance(outcome, str):
+            with pytest.raises(SourceError, match=outcome):
+                source.read()
+        else:
+            assert source.read().image[0, 0].tolist() == outcome
     finally:
-        request.release()
-    camera.close()
-    assert array.shape == (16, 32, len(red_pixel))
-    assert (array == red_pixel).all()
+        source.close()
+    assert all_released(system)
 
 
 def test_rgb_reaches_the_model_input(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:
@@ -184,24 +192,22 @@ def test_rgb_reaches_the_model_input(monkeypatch: pytest.MonkeyPatch, system: Fa
 # -- 2. freshness -----------------------------------------------------------------------------
 
 
-def test_queued_frames_are_released_and_counted_without_flush(
+def test_a_queued_frame_that_flush_lets_through_is_released_and_counted(
     monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem
 ) -> None:
-    """picamera2 < 0.3.15 (no flush): the adapter itself releases the frames read out before the call."""
-    source = make_source(monkeypatch, system, flush_supported=False)
+    """flush goes by exposure start, a frame early: the adapter itself drops a frame read out before the call."""
+    source = make_source(monkeypatch, system, fps=20.0, buffer_count=6)  # 50 ms frames, 5 ms exposure
     camera = opened(source, system)
-    sleep_into_frame(camera, 4.5)
+    sleep_into_frame(camera, 4.2)  # frame 4 began read-out 10 ms ago, its exposure 15 ms ago
     system.backlog = 3  # the event loop fell behind: three completed frames are still waiting
     called_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     frame = source.read()
     first_seen = system.handed_out[0]._metadata["SensorTimestamp"]
-    assert first_seen < called_ns  # the adapter was handed a queued frame...
-    assert frame.monotonic_s * 1e9 >= called_ns - 1000  # ...and handed on a later one (float rounding: 1 µs)
-    # Seen and released, recycled by picamera2 after the capture, or lost for want of a free buffer:
-    # every frame from the first one seen until the one handed on counts as skipped.
-    assert source.frames_skipped == index_of(frame, camera) - frame_index(first_seen, camera) >= 3
+    assert first_seen < called_ns  # flush let a frame read out before the call through...
+    assert frame.monotonic_s * 1e9 >= called_ns - 1000  # ...and the adapter handed on a later one (float: 1 µs)
+    assert source.frames_skipped == index_of(frame, camera) - frame_index(first_seen, camera) >= 1
     assert all_released(system)
-    assert all(call.flush is None for call in system.captures)
+    assert all(isinstance(call.flush, int) and call.flush < called_ns for call in system.captures)
     source.close()
 
 
@@ -235,7 +241,7 @@ def test_a_frame_read_out_before_the_call_is_never_handed_on(
 ) -> None:
     """With read-out plus ISP longer than a frame, the frame completing after the call still began before it."""
     system.latency_ms = 30.0  # frames every 20 ms complete 30 ms after their SensorTimestamp
-    source = make_source(monkeypatch, system, flush_supported=False)
+    source = make_source(monkeypatch, system)
     camera = opened(source, system)
     for _ in range(5):
         sleep_to_next_mid_frame(camera)
@@ -336,9 +342,21 @@ def test_capture_to_publish_is_measured_from_the_sensor(
 # -- 4. configuration -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rotation", [0, 180])
-@pytest.mark.parametrize("vflip", [False, True])
-@pytest.mark.parametrize("hflip", [False, True])
+# libcamera's name for each configured (hflip, vflip, rotation): a 180° rotation is both flips, so it
+# cancels a configured flip (libcamera's transform.cpp: Rot180 == HFlip | VFlip).
+EXPECTED_TRANSFORM = {
+    (False, False, 0): "identity",
+    (True, False, 0): "hflip",
+    (False, True, 0): "vflip",
+    (True, True, 0): "hvflip",
+    (False, False, 180): "hvflip",
+    (True, False, 180): "vflip",
+    (False, True, 180): "hflip",
+    (True, True, 180): "identity",
+}
+
+
+@pytest.mark.parametrize(("hflip", "vflip", "rotation"), list(EXPECTED_TRANSFORM))
 def test_transform_combines_flips_and_rotation(
     monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, hflip: bool, vflip: bool, rotation: int
 ) -> None:
@@ -347,19 +365,8 @@ def test_transform_combines_flips_and_rotation(
     source.close()
     assert camera.configured_with is not None
     configured = camera.configured_with["transform"]
-    # libcamera's own constructor XORs the flips into the rotation: the adapter must agree with it.
-    assert str(configured) == str(Transform(rotation=rotation, hflip=hflip, vflip=vflip))
-    assert (configured.hflip, configured.vflip, configured.transpose) == (*orientation_flips(source.camera), False)
-
-
-def test_fake_transform_composes_like_libcamera() -> None:
-    rot180 = Transform(rotation=180)
-    rot180.compose(Transform(hflip=True))
-    assert str(rot180) == "<libcamera.Transform 'vflip'>"
-    transpose = Transform(transpose=True)
-    transpose.compose(Transform(hflip=True))  # HFlip first, then Transpose: Rot270
-    assert str(transpose) == "<libcamera.Transform 'rot270'>"
-    assert str(Transform(rotation=90).inverse()) == "<libcamera.Transform 'rot270'>"
+    assert str(configured) == f"<libcamera.Transform '{EXPECTED_TRANSFORM[hflip, vflip, rotation]}'>"
+    assert not configured.transpose
 
 
 def test_configuration_carries_size_format_buffers_rate_and_camera_number(
@@ -379,20 +386,26 @@ def test_configuration_carries_size_format_buffers_rate_and_camera_number(
     assert config["use_case"] == "video"
 
 
-def test_flips_and_rotation_reach_the_image(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:
+@pytest.mark.parametrize(("hflip", "vflip", "rotation"), list(EXPECTED_TRANSFORM))
+def test_flips_and_rotation_reach_the_image(
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, hflip: bool, vflip: bool, rotation: int
+) -> None:
+    """A scene with a green top-left quadrant: where the green lands, worked out per configuration."""
     scene = split_scene(64, 48, RED, BLUE)
-    scene[:24, :32] = (0, 255, 0)  # top-left quadrant green
+    scene[:24, :32] = (0, 255, 0)
     system.scene_rgb = scene
-    for fields, top_left in [({}, (0, 255, 0)), ({"hflip": True}, BLUE), ({"rotation": 180}, BLUE)]:
-        source = make_source(monkeypatch, system, **fields)
-        source.open()
-        image = source.read().image
-        source.close()
-        assert image[0, 0].tolist() == list(top_left), fields
-    source = make_source(monkeypatch, system, rotation=180)
+    source = make_source(monkeypatch, system, hflip=hflip, vflip=vflip, rotation=rotation)
     source.open()
-    assert source.read().image[-1, -1].tolist() == [0, 255, 0]  # the green corner went to bottom-right
+    image = source.read().image
     source.close()
+    mirrored_lr = hflip != (rotation == 180)
+    mirrored_tb = vflip != (rotation == 180)
+    green_row = -1 if mirrored_tb else 0
+    green_col = -1 if mirrored_lr else 0
+    assert image[green_row, green_col].tolist() == [0, 255, 0]
+    # Below (or above) the green corner: the scene's bottom-left, red; across from it: the right half, blue.
+    assert image[-1 - green_row, green_col].tolist() == list(RED)
+    assert image[green_row, -1 - green_col].tolist() == list(BLUE)
 
 
 def test_odd_sizes_are_evened_by_picamera2(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:
@@ -417,14 +430,81 @@ def test_camera_error_during_capture_is_a_source_error(
     source.close()
 
 
-def test_stalled_camera_times_out_as_a_source_error(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:
-    source = make_source(monkeypatch, system)
-    source.open()
+SUPPORTED = [name for name, release in RELEASES.items() if release.has_cancel_all_and_flush]
+TOO_OLD = [name for name in RELEASES if name not in SUPPORTED]
+
+
+@pytest.mark.parametrize("release", list(RELEASES))
+def test_stalled_camera_times_out_as_a_source_error(
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, release: str
+) -> None:
+    """On every picamera2 release: refused at open, or read() fails within its timeout and leaves no job queued.
+
+    The fake blocks (raises AssertionError) where that release would block for ever, so an adapter that
+    calls capture_request(wait=2.0) on 0.3.15-0.3.19, or does not cancel the timed-out job, fails here.
+    """
+    try:
+        source = make_source(monkeypatch, system, release)
+    except SourceError as refused:
+        assert release in TOO_OLD and f"too old: edgepose needs picamera2 {MIN_PICAMERA2}" in str(refused)
+        return
+    camera = opened(source, system)
+    source.read()
     system.stalled = True
-    with pytest.raises(SourceError, match="no frame within"):
+    started_s = time.monotonic()
+    with pytest.raises(SourceError, match=r"no frame within 2\.0s"):
         source.read()
-    assert isinstance(system.captures[-1].wait, float)  # a bounded wait, never block forever
+    assert time.monotonic() - started_s < 2.5  # the adapter's timeout is 2 s at 50 fps
+    # A job left on picamera2's list would take a later frame nobody releases, and hold up stop().
+    assert camera._job_list == []
+    system.stalled = False
+    source.close()  # the fake's stop() fails the test if it would wait behind a queued job
+    assert all_released(system) and system.open_cameras == []
+    source.open()
+    assert source.read().index == 0
     source.close()
+    assert all_released(system)
+
+
+@pytest.mark.parametrize("release", TOO_OLD)
+def test_picamera2_older_than_0_3_20_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem, release: str
+) -> None:
+    """Before 0.3.20 a stalled camera hangs capture_request (a numeric wait only counts as True) or stop()."""
+    with pytest.raises(SourceError) as caught:
+        make_source(monkeypatch, system, release)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "too old: edgepose needs picamera2 0.3.20 or newer" in message and MIN_PICAMERA2 == "0.3.20"
+    assert "sudo apt install --only-upgrade python3-picamera2" in message
+    assert system.instances == []  # refused before a camera was opened
+
+
+@pytest.mark.parametrize("release", TOO_OLD)
+def test_the_fake_hangs_where_the_old_release_hangs(system: FakeCameraSystem, release: str) -> None:
+    """Why those releases are refused: the capture call the adapter makes never returns on a stalled camera.
+
+    0.3.15-0.3.19 treat wait=2.0 as True and block; 0.3.14 has no `flush` at all.
+    """
+    picamera2_module, _ = make_modules(system, release)
+    camera = picamera2_module.Picamera2()
+    camera.configure(camera.create_video_configuration(main={"size": (64, 48), "format": "BGR888"}))
+    camera.start()
+    system.stalled = True
+    if not RELEASES[release].has_flush:
+        with pytest.raises(TypeError, match="flush"):
+            camera.capture_request(wait=2.0, flush=1)
+        return
+    hang = rf"picamera2 {release}: capture_request\(wait=2\.0\) would block for ever"
+    with pytest.raises(AssertionError, match=hang):
+        camera.capture_request(wait=2.0, flush=1)
+    if RELEASES[release].has_job_timeout:
+        # 0.3.17's wait(job, timeout) does return, but leaves the job queued, and stop() waits behind it.
+        job = camera.capture_request(wait=False)
+        with pytest.raises(TimeoutError):
+            camera.wait(job, timeout=0.1)
+        with pytest.raises(AssertionError, match=r"stop\(\) would block for ever"):
+            camera.stop()
 
 
 def test_read_before_open_is_a_source_error(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:

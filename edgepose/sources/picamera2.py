@@ -8,7 +8,7 @@ counted in `frames_skipped`, so a slow consumer never works through a backlog.
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
+import importlib.metadata
 import logging
 import time
 from dataclasses import dataclass
@@ -55,6 +55,14 @@ CAMERA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# The oldest picamera2 a stalled camera cannot hang: 0.3.20 made a numeric capture_request(wait=...) a
+# timeout and added cancel_all_and_flush() (one commit, "Improve handling of timeouts and cameras that
+# stop responding"). Before it a number is only truthy and the capture blocks until a frame comes; and
+# even with 0.3.17's wait(job, timeout) the timed-out job stays queued, so stop() and close(), which
+# picamera2 runs as jobs after it, block for ever on a camera that stopped delivering.
+MIN_PICAMERA2 = "0.3.20"
+
+
 def load_picamera2() -> tuple[ModuleType, Any]:
     try:
         import picamera2
@@ -66,7 +74,19 @@ def load_picamera2() -> tuple[ModuleType, Any]:
         raise SourceError(
             f"picamera2 failed to import ({exc}); remove numpy from the venv so the system python3-numpy is used"
         ) from None
+    if not hasattr(picamera2.Picamera2, "cancel_all_and_flush"):
+        raise SourceError(
+            f"picamera2 {_installed_version()} is too old: edgepose needs picamera2 {MIN_PICAMERA2} or newer "
+            "(capture timeouts); run `sudo apt update && sudo apt install --only-upgrade python3-picamera2`"
+        )
     return picamera2, Transform
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("picamera2")
+    except importlib.metadata.PackageNotFoundError:
+        return f"(older than {MIN_PICAMERA2}: no Picamera2.cancel_all_and_flush)"
 
 
 def attached_cameras(picamera2_module: ModuleType) -> list[dict[str, Any]]:
@@ -138,7 +158,6 @@ class Picamera2Source:
         self._transform_class = transform_class
         self._picam2: Any = None
         self._model: str | None = None
-        self._flush_supported = False
         self._index = 0
         self._frames_skipped = 0
         self._last_seen_ns: int | None = None
@@ -193,7 +212,6 @@ class Picamera2Source:
             ) from None
         self._picam2 = picam2
         self._model = _camera_model(picam2)
-        self._flush_supported = _accepts_flush(picam2)
         self._index = 0
         self._last_seen_ns = None
         self._frame_ns = self._configured_frame_ns
@@ -231,19 +249,16 @@ class Picamera2Source:
         if timeout_s <= 0:
             raise SourceError(f"{self.description}: no fresh frame within {self._timeout_s:.1f}s")
         try:
-            if self._flush_supported:
-                # picamera2 drops frames whose *exposure* began before `flush`; exposure never exceeds a frame
-                # duration, so this flush discards only frames the SensorTimestamp check would discard too.
-                return picam2.capture_request(wait=timeout_s, flush=called_ns - self._frame_ns)
-            return picam2.capture_request(wait=timeout_s)
+            # picamera2 drops frames whose *exposure* began before `flush`; exposure never exceeds a frame
+            # duration, so this flush discards only frames the SensorTimestamp check would discard too.
+            return picam2.capture_request(wait=timeout_s, flush=called_ns - self._frame_ns)
         except CAMERA_ERRORS as exc:
-            # A timed-out job stays queued and would later take a request nobody releases.
-            cancel = getattr(picam2, "cancel_all_and_flush", None)
-            if cancel is not None:
-                try:
-                    cancel()
-                except CAMERA_ERRORS as cancel_exc:
-                    log.debug("%s: cancelling capture jobs: %s", self.description, cancel_exc)
+            # A timed-out job stays queued: it would take a later frame that nobody releases, and stop(),
+            # which picamera2 queues behind it, would wait for ever on a camera that stopped delivering.
+            try:
+                picam2.cancel_all_and_flush()
+            except CAMERA_ERRORS as cancel_exc:
+                log.debug("%s: cancelling capture jobs: %s", self.description, cancel_exc)
             reason = f"no frame within {timeout_s:.1f}s" if _is_timeout(exc) else f"{type(exc).__name__}: {exc}"
             raise SourceError(f"{self.description}: capture failed ({reason})") from None
 
@@ -283,14 +298,6 @@ class Picamera2Source:
                 step()
             except CAMERA_ERRORS as exc:
                 log.warning("%s: %s failed while closing: %s", self.description, step.__name__, exc)
-
-
-def _accepts_flush(picam2: Any) -> bool:
-    """capture_request(flush=...) arrived in picamera2 0.3.15; older releases only take wait/signal_function."""
-    try:
-        return "flush" in inspect.signature(picam2.capture_request).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _camera_model(picam2: Any) -> str | None:

@@ -12,19 +12,31 @@ adapter depends on:
 * Between captures picamera2 recycles completed requests, keeping the newest one when the
   configuration says `queue=True` (and buffer_count > 1), none otherwise. `backlog` models an event
   loop that fell behind: that many completed requests are still waiting when the next capture runs.
+* A capture is a job on picamera2's job list (dispatch_functions); the event loop runs the jobs in
+  order, each taking the next completed request. A job whose wait timed out stays on the list and
+  takes a later frame that nobody releases, and stop() (a job run after it) waits behind it, until
+  cancel_all_and_flush() empties the list.
 * capture_request(flush=ts) drops requests whose exposure began (SensorTimestamp - ExposureTime)
   before ts, as wait_for_timestamp_ does; flush=True means time.monotonic_ns().
 * Each request holds one of `buffer_count` buffers until released; with all of them held, no frame
-  can complete and a capture with a timeout fails as the job future's TimeoutError.
+  can complete.
 * make_buffer/make_array copy out of the buffer (the buffer is reused for a later frame) and strip
   the row padding.
+* What changed between releases (`RELEASES`, read at each tag of github.com/raspberrypi/picamera2):
+  `flush` arrived in 0.3.15; `Picamera2.wait(job, timeout)` and `Job.get_result(timeout)` in 0.3.17;
+  a numeric `wait` as a timeout and `cancel_all_and_flush()` in 0.3.20 (commit ddd2ca3, "Improve
+  handling of timeouts and cameras that stop responding"). Before 0.3.20 `dispatch_functions` does
+  `job.get_result() if wait else job`: a number is only truthy, and the call blocks until a frame.
 
-A capture that could never complete and was given no timeout raises AssertionError instead of
-hanging the test. Tests steer the camera through a `FakeCameraSystem`.
+Time is not simulated for a stall: a wait that the fake knows can never be met raises at once,
+a timed wait as the job future's TimeoutError, and an unbounded one (which would hang the real
+picamera2 forever) as AssertionError, so that a test shows the hang instead of hanging. Tests steer
+the camera through a `FakeCameraSystem`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +49,6 @@ import numpy as np
 _HFLIP, _VFLIP, _TRANSPOSE = 1, 2, 4
 _ROTATIONS = {0: 0, 90: _VFLIP | _TRANSPOSE, 180: _HFLIP | _VFLIP, 270: _HFLIP | _TRANSPOSE}
 _NAMES = ("identity", "hflip", "vflip", "hvflip", "transpose", "rot270", "rot90", "rot180transpose")
-_INVERSES = (0, 1, 2, 3, 4, 6, 5, 7)  # Rot90 and Rot270 swap; every other transform is its own inverse
 
 
 class Transform:
@@ -91,25 +102,6 @@ class Transform:
     def transpose(self, on: bool) -> None:
         self._set(_TRANSPOSE, on)
 
-    def inverse(self) -> Transform:
-        result = Transform()
-        result._bits = _INVERSES[self._bits]
-        return result
-
-    def invert(self) -> None:
-        self._bits = _INVERSES[self._bits]
-
-    def compose(self, other: Transform) -> None:
-        """self = self * other: `other` applied first, then self (libcamera's operator*)."""
-        reordered = self._bits
-        if other._bits & _TRANSPOSE:
-            reordered = self._bits & _TRANSPOSE
-            if self._bits & _HFLIP:
-                reordered |= _VFLIP
-            if self._bits & _VFLIP:
-                reordered |= _HFLIP
-        self._bits = reordered ^ other._bits
-
     def __str__(self) -> str:
         return f"<libcamera.Transform '{_NAMES[self._bits]}'>"
 
@@ -148,6 +140,39 @@ PIXEL_LAYOUTS: dict[str, tuple[str, int]] = {
     "XRGB8888": ("BGRX", 4),
 }
 _PADDING_BYTE = 0xAB  # stride padding, so a consumer that forgets the stride sees garbage
+
+
+@dataclass(frozen=True)
+class Release:
+    """A picamera2 release, by what its capture_request path offers an adapter."""
+
+    version: tuple[int, int, int]
+
+    @property
+    def name(self) -> str:
+        return ".".join(str(part) for part in self.version)
+
+    @property
+    def has_flush(self) -> bool:
+        return self.version >= (0, 3, 15)
+
+    @property
+    def has_job_timeout(self) -> bool:
+        return self.version >= (0, 3, 17)
+
+    @property
+    def wait_number_is_timeout(self) -> bool:
+        return self.version >= (0, 3, 20)
+
+    @property
+    def has_cancel_all_and_flush(self) -> bool:
+        return self.version >= (0, 3, 20)
+
+
+# One release from each span of the same behaviour, and the newest tag read.
+_READ = ((0, 3, 14), (0, 3, 16), (0, 3, 19), (0, 3, 20), (0, 3, 36))
+RELEASES = {release.name: release for release in (Release(version) for version in _READ)}
+NEWEST = "0.3.36"
 
 
 def imx708_info() -> dict[str, Any]:
@@ -256,10 +281,30 @@ class CompletedRequest:
         return array.reshape((height_px, width_px, bytes_per_px))
 
 
+class CaptureJob:
+    """picamera2.job.Job for capture_request: [wait_for_timestamp_(flush), capture_request_]."""
+
+    def __init__(self, flush: int | None) -> None:
+        self.flush = flush
+        self._future: concurrent.futures.Future[CompletedRequest] = concurrent.futures.Future()
+        self._future.set_running_or_notify_cancel()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def get_result(self, timeout: float | None = None) -> CompletedRequest:
+        return self._future.result(timeout=timeout)
+
+    def cancel(self) -> None:
+        """As Job.cancel (0.3.20): asking for the result now raises CancelledError."""
+        self._future.set_exception(concurrent.futures.CancelledError())
+
+
 class Picamera2:
-    """picamera2.Picamera2 with a simulated sensor; `system` is bound by make_modules()."""
+    """picamera2.Picamera2 with a simulated sensor; `system` and `release` are bound by make_modules()."""
 
     system: ClassVar[FakeCameraSystem]
+    release: ClassVar[Release] = RELEASES[NEWEST]
 
     @classmethod
     def global_camera_info(cls) -> list[dict[str, Any]]:
@@ -287,6 +332,7 @@ class Picamera2:
         self._buffers: list[np.ndarray] = []
         self._free_buffers: list[int] = []
         self._completed: list[CompletedRequest] = []
+        self._job_list: list[CaptureJob] = []
         self._start_ns = 0
         self._next_sequence = 0
         self._frame_ns = 0
@@ -404,6 +450,9 @@ class Picamera2:
         if not self.started:
             return
         with self._lock:
+            # The event loop runs stop_ as a job after the ones already queued (dispatch_functions with
+            # wait=True): a capture job that never gets a frame holds it up for ever.
+            self._run_jobs_until(lambda: not self._job_list, None, "stop()")
             self.started = False
             self.stop_count += 1
             while self._completed:
@@ -418,33 +467,70 @@ class Picamera2:
         self.camera_config = None
 
     def cancel_all_and_flush(self) -> None:
-        """Nothing is ever left queued here: a capture that cannot complete raises at once."""
+        """0.3.20: cancel every queued job and empty the job list."""
+        with self._lock:
+            for job in self._job_list:
+                job.cancel()
+            self._job_list = []
 
-    def capture_request(self, wait: Any = None, signal_function: Any = None, flush: Any = None) -> CompletedRequest:
-        """The next completed request; with `flush`, the first whose exposure began at or after it."""
+    def capture_request(self, wait: Any = None, signal_function: Any = None, flush: Any = None) -> Any:
+        """The next completed request (or, with wait=False, the job that will get it).
+
+        With `flush`, the first request whose exposure began at or after it.
+        """
         self.system.captures.append(CaptureCall(wait, flush))
         if signal_function is not None:
-            raise AssertionError("the fake does not model asynchronous captures")
+            raise AssertionError("the fake does not model signal functions")
         if flush is True:
             flush = time.monotonic_ns()
         if not self.is_open:
             raise RuntimeError("Camera is not open")
         if self.system.capture_errors:
             raise self.system.capture_errors.pop(0)
+        job = CaptureJob(flush)
         with self._lock:
             self._collect(keep=self._max_queue_len() + self.system.backlog)
             self.system.backlog = 0
-            while True:
-                while self._completed:
-                    request = self._completed.pop(0)
-                    if flush and _exposure_start_ns(request) < flush:
-                        request.release()
-                        self.system.frames_recycled += 1
-                        continue
-                    self._trim(self._max_queue_len())
-                    self.system.handed_out.append(request)
-                    return request
-                self._wait_for_next_frame(wait)
+            self._job_list.append(job)
+        if wait is None:
+            wait = True
+        if not wait:
+            return job
+        if wait is True or not self.release.wait_number_is_timeout:
+            # Before 0.3.20: `job.get_result() if wait else job`; a number of seconds is just truthy.
+            return self._wait(job, None, f"capture_request(wait={wait!r})")
+        return self._wait(job, float(wait), "capture_request")
+
+    def wait(self, job: CaptureJob, timeout: float | None = None) -> CompletedRequest:
+        """0.3.17: the job's result, waiting at most `timeout` seconds (None: as long as it takes)."""
+        return self._wait(job, timeout, f"wait(job, timeout={timeout!r})")
+
+    def _wait(self, job: CaptureJob, timeout_s: float | None, what: str) -> CompletedRequest:
+        deadline_ns = None if timeout_s is None else time.monotonic_ns() + round(timeout_s * 1e9)
+        with self._lock:
+            self._run_jobs_until(job.done, deadline_ns, what)
+        return job.get_result(timeout=0)
+
+    def _run_jobs_until(self, finished: Callable[[], bool], deadline_ns: int | None, what: str) -> None:
+        """The event loop: hand completed requests to the queued jobs, in order, until `finished()`."""
+        while True:
+            self._run_jobs()
+            if finished():
+                return
+            self._wait_for_next_frame(deadline_ns, what)
+
+    def _run_jobs(self) -> None:
+        while self._job_list and self._completed:
+            job = self._job_list[0]
+            request = self._completed.pop(0)
+            if job.flush and _exposure_start_ns(request) < job.flush:
+                request.release()
+                self.system.frames_recycled += 1
+                continue
+            self._job_list.pop(0)
+            self._trim(self._max_queue_len())
+            self.system.handed_out.append(request)
+            job._future.set_result(request)
 
     # -- the simulated sensor ------------------------------------------------------------------
 
@@ -469,15 +555,17 @@ class Picamera2:
             self._completed.pop(0).release()
             self.system.frames_recycled += 1
 
-    def _wait_for_next_frame(self, wait: Any) -> None:
-        timeout_s = None if wait is None or wait is True else float(wait)
+    def _wait_for_next_frame(self, deadline_ns: int | None, what: str) -> None:
         if not self.started or self.system.stalled or not self._free_buffers:
-            if timeout_s is None:
-                raise AssertionError("capture_request would block forever: no frame can complete")
-            raise TimeoutError()  # what the job's Future.result(timeout) raises
-        delay_s = (self._completion_ns(self._next_sequence) - time.monotonic_ns()) / 1e9
-        if timeout_s is not None and delay_s > timeout_s:
-            raise TimeoutError()
+            if deadline_ns is None:
+                raise AssertionError(
+                    f"picamera2 {self.release.name}: {what} would block for ever: no frame can complete"
+                )
+            raise concurrent.futures.TimeoutError()  # what the job's Future.result(timeout) raises
+        completion_ns = self._completion_ns(self._next_sequence)
+        if deadline_ns is not None and completion_ns > deadline_ns:
+            raise concurrent.futures.TimeoutError()
+        delay_s = (completion_ns - time.monotonic_ns()) / 1e9
         if delay_s > 0:
             time.sleep(delay_s)
         self._complete_next()
@@ -530,11 +618,36 @@ class Picamera2:
         self._free_buffers.append(buffer_index)
 
 
-class LegacyPicamera2(Picamera2):
-    """picamera2 before 0.3.15: capture_request has no `flush` argument."""
+class _Absent:
+    """A method this release does not have: reading it raises AttributeError, as on the real class."""
 
-    def capture_request(self, wait: Any = None, signal_function: Any = None) -> CompletedRequest:  # type: ignore[override]
-        return super().capture_request(wait=wait, signal_function=signal_function)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        raise AttributeError(f"'Picamera2' object has no attribute '{self._name}'")
+
+
+def _capture_request_before_0_3_15(self: Picamera2, wait: Any = None, signal_function: Any = None) -> Any:
+    return Picamera2.capture_request(self, wait=wait, signal_function=signal_function)
+
+
+def _wait_before_0_3_17(self: Picamera2, job: CaptureJob) -> CompletedRequest:
+    return self._wait(job, None, "wait(job)")
+
+
+def picamera2_class(system: FakeCameraSystem, release: Release) -> type[Picamera2]:
+    """Picamera2 as `release` has it: its methods and their signatures, bound to `system`."""
+    namespace: dict[str, Any] = {"system": system, "release": release}
+    if not release.has_flush:
+        namespace["capture_request"] = _capture_request_before_0_3_15
+    if not release.has_job_timeout:
+        namespace["wait"] = _wait_before_0_3_17
+    if not release.has_cancel_all_and_flush:
+        absent = _Absent()
+        absent.__set_name__(Picamera2, "cancel_all_and_flush")
+        namespace["cancel_all_and_flush"] = absent
+    return type("Picamera2", (Picamera2,), namespace)
 
 
 def _exposure_start_ns(request: CompletedRequest) -> int:
@@ -542,12 +655,10 @@ def _exposure_start_ns(request: CompletedRequest) -> int:
     return int(metadata["SensorTimestamp"]) - 1000 * int(metadata["ExposureTime"])
 
 
-def make_modules(system: FakeCameraSystem, flush_supported: bool = True) -> tuple[ModuleType, ModuleType]:
-    """(picamera2, libcamera) modules whose Picamera2 lives in `system`, for sys.modules."""
-    base = Picamera2 if flush_supported else LegacyPicamera2
-    camera_class: type[Picamera2] = type("Picamera2", (base,), {"system": system})
+def make_modules(system: FakeCameraSystem, release: str = NEWEST) -> tuple[ModuleType, ModuleType]:
+    """(picamera2, libcamera) modules whose Picamera2 is picamera2 `release`, living in `system`."""
     picamera2 = ModuleType("picamera2")
-    picamera2.Picamera2 = camera_class  # type: ignore[attr-defined]
+    picamera2.Picamera2 = picamera2_class(system, RELEASES[release])  # type: ignore[attr-defined]
     picamera2.CompletedRequest = CompletedRequest  # type: ignore[attr-defined]
     libcamera = ModuleType("libcamera")
     libcamera.Transform = Transform  # type: ignore[attr-defined]
