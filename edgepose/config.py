@@ -523,6 +523,9 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None
         loaded = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
+        if mark is not None and mark.index >= len(text) and exc.context_mark is not None:
+            # Found only at the end of the file (an unclosed quote or bracket): the line that opened it.
+            mark = exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         problem = exc.problem or str(exc)
         raise ConfigError([f"{path}:{line}: (yaml): {problem}"]) from None

@@ -51,9 +51,20 @@ def test_wrong_type_and_range_each_reported_on_their_line(tmp_path: Path) -> Non
     assert "mqtt.port" in problems[0] and "mqtt.qos.keypoints" in problems[1]
 
 
-def test_bad_yaml_reports_line(tmp_path: Path) -> None:
-    problems = _problems(tmp_path, "camera:\n  source: demo\n  width: [640\n")
-    assert re.match(rf"^{re.escape(str(tmp_path / 'edgepose.yaml'))}:\d+: \(yaml\): ", problems[0])
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("camera:\n  source: demo\n  width: 640: 480\n  fps: 5\n", 3, "mapping values are not allowed here"),
+        ("camera:\n  source: demo\n\twidth: 640\nmodel: {}\n", 3, "found character '\\t' that cannot start any token"),
+        ("mqtt:\n  host: x\ncamera:\n  width: [640\n  height: 480\n", 5, "expected ',' or ']', but got ':'"),
+        # Only the end of the file shows the problem: the line that opened the quote or bracket is reported.
+        ('device_id: pi\ncamera:\n  source: "demo\n  width: 640\n', 3, "found unexpected end of stream"),
+        ("camera:\n  source: demo\n  width: [640\n", 3, "expected ',' or ']', but got '<stream end>'"),
+    ],
+)
+def test_bad_yaml_reports_the_exact_line(tmp_path: Path, text: str, line: int, problem: str) -> None:
+    (message,) = _problems(tmp_path, text)
+    assert message == f"{tmp_path / 'edgepose.yaml'}:{line}: (yaml): {problem}"
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:

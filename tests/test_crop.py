@@ -134,6 +134,27 @@ def test_half_is_clamped_to_the_farthest_edge() -> None:
     assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(240 - 320, 0, 240 + 320, 640))
 
 
+def test_clamped_half_keeps_the_box_on_the_hips_when_it_just_fits() -> None:
+    """The clamp matters when the farthest edge is exactly half the long side away: the hips sit on the
+    vertical centre line (x = 320 of 640) but above the middle (y = 200 of 480).
+
+    Shoulders 180 px up -> 1.9 * 180 = 342 px, clamped to max(320, 320, 200, 280) = 320 px = 640 / 2,
+    which is not more than half the long side: a 640 px square centred on the hips, 40 px above the
+    letterbox's. Unclamped, 342 px would exceed it and fall back to the letterbox (-80..560).
+    """
+    kps = keypoints_px(
+        {
+            "left_hip": (200.0, 310.0),
+            "right_hip": (200.0, 330.0),
+            "left_shoulder": (20.0, 310.0),
+            "right_shoulder": (20.0, 330.0),
+        }
+    )
+    box = determine_crop_region(kps, H_PX, W_PX)
+    assert_box(box, box_px(200 - 320, 0, 200 + 320, 640))
+    assert box != letterbox_box(H_PX, W_PX)
+
+
 def test_tracker_first_box_is_unfiltered_then_low_passed_at_0_9() -> None:
     tracker = CropRegionTracker()
     assert tracker.box is None

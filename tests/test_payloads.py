@@ -21,7 +21,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 def _pose(score: float = 0.5, track_id: int | None = None) -> Pose:
     keypoints = tuple(Keypoint(name, x=0.1 + i / 40, y=0.2, score=score) for i, name in enumerate(KEYPOINT_NAMES))
-    bbox = BoundingBox(0.1, 0.1, 0.6, 0.9) if track_id is not None else None
+    bbox = BoundingBox(xmin=0.1, ymin=0.25, xmax=0.6, ymax=0.9) if track_id is not None else None
     return Pose(keypoints=keypoints, score=score, track_id=track_id, bbox=bbox)
 
 
@@ -58,7 +58,7 @@ def test_multipose_fields_validate() -> None:
     payload = keypoints_payload(_message(poses=(_pose(0.7, track_id=3), _pose(0.4, track_id=5))))
     jsonschema.validate(payload, load_schema("keypoints"))
     assert [p["id"] for p in payload["poses"]] == [3, 5]
-    assert payload["poses"][0]["bbox"] == {"xmin": 0.1, "ymin": 0.1, "xmax": 0.6, "ymax": 0.9}
+    assert payload["poses"][0]["bbox"] == {"xmin": 0.1, "ymin": 0.25, "xmax": 0.6, "ymax": 0.9}
 
 
 @pytest.mark.parametrize(
@@ -76,6 +76,25 @@ def test_schema_rejects_malformed_payloads(mutate: Any) -> None:
     mutate(payload)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, load_schema("keypoints"))
+
+
+def test_coordinates_keep_four_decimals_and_scores_three() -> None:
+    """4 decimals of a 640 px frame is 0.06 px; 2 decimals would move a keypoint by up to 3.2 px."""
+    keypoints = tuple(
+        Keypoint(name, x=0.123456 + i / 100, y=0.654321 - i / 100, score=0.87654)
+        for i, name in enumerate(KEYPOINT_NAMES)
+    )
+    pose = Pose(keypoints=keypoints, score=0.55555, track_id=1, bbox=BoundingBox(0.12345, 0.23456, 0.78901, 0.89012))
+    payload = json.loads(
+        encode(keypoints_payload(_message(poses=(pose,), crop=CropBox(-0.16666, 0.03333, 1.16666, 0.98765))))
+    )
+    (out,) = payload["poses"]
+    assert [k["x"] for k in out["keypoints"]] == [round(0.123456 + i / 100, 4) for i in range(17)]
+    assert [k["y"] for k in out["keypoints"]] == [round(0.654321 - i / 100, 4) for i in range(17)]
+    assert out["keypoints"][0] == {"name": "nose", "x": 0.1235, "y": 0.6543, "score": 0.877}
+    assert out["score"] == 0.556
+    assert out["bbox"] == {"xmin": 0.1235, "ymin": 0.2346, "xmax": 0.789, "ymax": 0.8901}
+    assert payload["crop"] == {"ymin": -0.1667, "xmin": 0.0333, "ymax": 1.1667, "xmax": 0.9877}
 
 
 def test_encode_refuses_nan() -> None:
