@@ -17,12 +17,17 @@ endif
 MQTT_PORT ?= 1883
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
-.PHONY: run test venv models lint typecheck pytest bench bench-runtimes bench-smoke clean
+.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke clean
 
+# The `systemd` extra (systemd-python, what the Pi install uses) builds from source: it needs gcc,
+# pkg-config and libsystemd-dev. Without them the venv gets `.[dev]` only and its tests skip
+# (CI installs them and sets EDGEPOSE_REQUIRE_SYSTEMD_PYTHON=1, so there they cannot skip).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,systemd]' || { \
+		echo "systemd-python did not build (needs gcc, pkg-config, libsystemd-dev): installing without it" >&2; \
+		$(BIN)/pip install --quiet -e '.[dev]'; }
 	@touch $@
 
 venv: $(STAMP)
@@ -34,8 +39,8 @@ run: models
 	MQTT_PORT=$(MQTT_PORT) EDGEPOSE=$(BIN)/edgepose scripts/run_demo.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgepose tests bench
-	$(BIN)/ruff format --check edgepose tests bench
+	$(BIN)/ruff check edgepose tests bench scripts
+	$(BIN)/ruff format --check edgepose tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy edgepose
@@ -44,6 +49,15 @@ pytest: models
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The real-systemd install test alone (root, systemd-nspawn; about 2 min). CI runs it inside `make test`.
+test-nspawn: models
+	EDGEPOSE_TEST_NSPAWN=1 $(BIN)/python -m pytest -q -m slow tests/test_installer.py -k real_install
+
+# Mutation testing of the pure modules, one module at a time (docs/testing.md); CPU heavy, opt-in.
+mutants: models
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	$(BIN)/python scripts/mutation.py
 
 # The acceptance run of the per-frame CPU issue (#14): Lightning int8, LiteRT, 1 and 2 threads, every
 # default on; raw loop, daemon and serial loop side by side. About 5 minutes on a quiet 2-core x86_64
@@ -63,4 +77,4 @@ bench-smoke: models
 	$(BIN)/python -m pytest -q -m slow tests/test_bench.py
 
 clean:
-	rm -rf $(VENV) .venv-tflite .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tflite .cache .mypy_cache .ruff_cache .pytest_cache .mutation

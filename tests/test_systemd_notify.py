@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,12 +38,13 @@ class NotifySocket:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                data = self.sock.recv(4096)
+                data = self.sock.recv(65536)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            self.messages.append((time.time(), data.decode()))
+            # journald's native protocol frames a value holding a newline with a binary length.
+            self.messages.append((time.time(), data.decode(errors="replace")))
 
     def lines(self, key: str) -> list[tuple[float, str]]:
         return [(t, line) for t, message in list(self.messages) for line in message.split("\n") if line.startswith(key)]
@@ -212,10 +215,33 @@ def test_under_journald_matches_stderr_device_and_inode() -> None:
     assert not under_journald({})
 
 
+# CI installs the `systemd` extra and sets this, so the production (systemd-python) variants fail
+# there instead of skipping if the extra ever goes missing.
+REQUIRE_SYSTEMD_PYTHON = os.environ.get("EDGEPOSE_REQUIRE_SYSTEMD_PYTHON") == "1"
+
+
+def require_systemd_python() -> None:
+    try:
+        import systemd.daemon
+        import systemd.journal  # noqa: F401
+    except ImportError as exc:
+        if REQUIRE_SYSTEMD_PYTHON:
+            pytest.fail(f"EDGEPOSE_REQUIRE_SYSTEMD_PYTHON=1 but systemd-python does not import: {exc}")
+        pytest.skip("systemd-python not installed (the `systemd` extra)")
+
+
+def hide_systemd_python(tmp_path: Path) -> str:
+    """A PYTHONPATH entry whose `systemd` package fails to import: a venv without systemd-python."""
+    package = tmp_path / "no-systemd-python" / "systemd"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('raise ImportError("systemd-python hidden by the test")\n')
+    return str(package.parent)
+
+
 @pytest.mark.parametrize("use_library", [False, True])
 def test_notifier_sends_real_datagrams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_library: bool) -> None:
     if use_library:
-        pytest.importorskip("systemd.daemon", reason="systemd-python not installed (optional extra)")
+        require_systemd_python()
     listener = NotifySocket(str(tmp_path / "n.sock"))
     monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
     notifier = Notifier(use_library=use_library)
@@ -233,17 +259,24 @@ def test_notifier_sends_real_datagrams(tmp_path: Path, monkeypatch: pytest.Monke
         listener.close()
 
 
-def test_logs_go_to_journald_only_when_stderr_is_the_journal(broker: Broker, model_dir: Path) -> None:
-    """With JOURNAL_STREAM naming our stderr, every line carries a syslog priority prefix for journald."""
-    try:
-        import systemd.journal  # noqa: F401
+# Runs the daemon in a private mount namespace whose /run/systemd/journal is the test's directory, so
+# libsystemd's sd_journal_send() reaches the test's socket at its fixed path and the host is untouched.
+_PRIVATE_JOURNAL = (
+    "[ -d /run/systemd ] || mount -t tmpfs tmpfs /run; mkdir -p /run/systemd; "
+    "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && "
+    'mount --bind "$0" /run/systemd/journal && exec "$@"'
+)
 
-        pytest.skip("systemd-python present: it logs to the journald socket, which this machine lacks")
-    except ImportError:
-        pass
+
+@pytest.mark.parametrize("use_library", [False, True], ids=["stderr-prefix", "systemd-python"])
+def test_logs_go_to_journald_only_when_stderr_is_the_journal(
+    broker: Broker, model_dir: Path, tmp_path: Path, use_library: bool
+) -> None:
+    """With JOURNAL_STREAM naming our stderr: structured records through systemd-python when it is
+    installed (the Pi install), else every stderr line with a syslog priority prefix."""
     read_fd, write_fd = os.pipe()
     stat = os.fstat(write_fd)
-    command = edgepose_command(
+    command = daemon = edgepose_command(
         "run",
         "--max-frames",
         "3",
@@ -253,17 +286,45 @@ def test_logs_go_to_journald_only_when_stderr_is_the_journal(broker: Broker, mod
         f"mqtt.port={broker.port}",
         "--set",
         f"mqtt.host={broker.host}",
+        "--set",
+        "device_id=journaled",
     )
     env = edgepose_env(model_dir, JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
-    process = subprocess.Popen(command, env=env, stderr=write_fd, stdout=subprocess.DEVNULL)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as stream:
-        output = stream.read()
-    assert process.wait(30) == 0, output
+    journal: NotifySocket | None = None
+    if use_library:
+        require_systemd_python()
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("needs root and unshare for a private /run/systemd/journal")
+        journal_dir = tmp_path / "journal"
+        journal_dir.mkdir()
+        journal = NotifySocket(str(journal_dir / "socket"))
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE_JOURNAL, str(journal_dir)]
+        command += daemon
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [hide_systemd_python(tmp_path), env.get("PYTHONPATH")]))
+    try:
+        process = subprocess.Popen(command, env=env, stderr=write_fd, stdout=subprocess.DEVNULL)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as stream:
+            output = stream.read()
+        assert process.wait(30) == 0, output
+    finally:
+        if journal is not None:
+            journal.close()
     lines = [line for line in output.splitlines() if line.strip() and not line.startswith("INFO: Created TensorFlow")]
-    assert lines, output
-    assert all(line[0] == "<" and line[2] == ">" for line in lines), lines
-    assert any(line.startswith("<4>edgepose.daemon: model.num_threads") or line.startswith("<6>") for line in lines)
+    if not use_library:
+        assert lines, output
+        assert all(line[0] == "<" and line[2] == ">" for line in lines), lines
+        assert any(line.startswith("<4>edgepose.daemon: model.num_threads") or line.startswith("<6>") for line in lines)
+        return
+    assert journal is not None
+    assert lines == [], f"log lines went to stderr as well as the journal: {lines}"
+    records = [message for _, message in journal.messages]
+    assert records, "nothing reached the journal socket"
+    assert all("SYSLOG_IDENTIFIER=edgepose\n" in record for record in records), records
+    assert all("EDGEPOSE_DEVICE_ID=journaled\n" in record for record in records), records
+    daemon = [record for record in records if "MESSAGE=edgepose.daemon: " in record]
+    assert daemon and all(re.search(r"^PRIORITY=[2-7]$", record, re.MULTILINE) for record in daemon), records
 
 
 def test_sighup_rebuilds_camera_model_and_mqtt_that_changed(

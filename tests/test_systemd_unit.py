@@ -186,14 +186,18 @@ def test_security_exposure_at_most_2() -> None:
 
 
 @needs_analyze
-def test_documented_exposure_matches_measurement() -> None:
+def test_documented_exposure_holds_on_this_systemd() -> None:
+    """Scores move between systemd versions, so the bound is what holds everywhere: the quoted score and
+    this machine's are both within it, and on the quoted version the quote is exact (never a skip)."""
     doc = DOC.read_text(encoding="utf-8")
     documented = re.search(r"Overall exposure level for edgepose\.service: (\d+\.\d+)", doc)
     version = re.search(r"measured with systemd (\d+)", doc)
     assert documented and version, "docs/systemd.md must quote the measured exposure and the systemd version"
-    if systemd_major() != int(version.group(1)):
-        pytest.skip(f"score documented for systemd {version.group(1)}; this is systemd {systemd_major()}")
-    assert float(documented.group(1)) == security_report(UNIT)[0]
+    measured, output = security_report(UNIT)
+    assert float(documented.group(1)) <= MAX_EXPOSURE
+    assert measured <= MAX_EXPOSURE, f"systemd {systemd_major()}:\n{output}"
+    if systemd_major() == int(version.group(1)):
+        assert float(documented.group(1)) == measured
 
 
 def stand_in_unit(tmp_path: Path) -> Path:
