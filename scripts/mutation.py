@@ -1,0 +1,164 @@
+"""Mutation testing of the pure modules with mutmut, one module at a time (`make mutants`).
+
+mutmut reads its settings from the pyproject.toml in the directory it runs in and mutates a copy of
+the sources under ./mutants. To run each module against only the test files that exercise it (the
+machine is small and shared), this script lays out one work directory per module under
+.mutation/<module>/ (a copy of edgepose/, tests/ and a pyproject.toml whose [tool.mutmut] names that
+module and those tests), runs `mutmut run` there, and reads mutmut's per-mutant results back from
+`mutmut results --all true`.
+
+The per-module score (killed / (total - equivalent)) goes to docs/mutation.json; docs/mutation.md
+explains the surviving mutants that are equivalent (no test can tell them from the original).
+
+    python scripts/mutation.py                      # every module in MODULES
+    python scripts/mutation.py edgepose/geometry.py  # one module
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+RESULTS = ROOT / "docs" / "mutation.json"
+EQUIVALENT = ROOT / "docs" / "mutation-equivalent.json"
+
+# The pure modules and the fast test files that exercise them (no broker, no subprocess, no model
+# where a model is not what the module is about). mutmut runs, for each mutant, only the tests
+# among these that call the mutated function.
+MODULES: dict[str, list[str]] = {
+    "edgepose/geometry.py": ["tests/test_geometry.py", "tests/test_crop.py", "tests/test_accuracy.py"],
+    "edgepose/crop.py": ["tests/test_crop.py", "tests/test_smart_crop.py"],
+    "edgepose/smoothing.py": ["tests/test_smoothing.py"],
+    "edgepose/inference/movenet.py": [
+        "tests/test_movenet.py",
+        "tests/test_stages.py",
+        "tests/test_tiny_models.py",
+        "tests/test_accuracy.py",
+    ],
+    "edgepose/mqtt/payloads.py": ["tests/test_payloads.py"],
+    "edgepose/config.py": ["tests/test_config.py"],
+}
+
+# mutmut's status names, as `mutmut results --all true` prints them.
+KILLED = {"killed", "timeout", "segfault", "suspicious"}
+NOT_RUN = {"not checked", "skipped", "no tests"}
+_RESULT_LINE = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class ModuleScore:
+    module: str
+    total: int
+    killed: int
+    survived: list[str]
+    no_tests: list[str]
+    equivalent: list[str]
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        """Killed over the mutants that can be killed: equivalent ones (listed, explained) are left out."""
+        killable = self.total - len(self.equivalent)
+        return 1.0 if killable == 0 else self.killed / killable
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "total": self.total,
+            "killed": self.killed,
+            "equivalent": len(self.equivalent),
+            "survived_not_equivalent": sorted(set(self.survived + self.no_tests) - set(self.equivalent)),
+            "score": round(self.score, 4),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _mutmut_section(module: str, tests: list[str]) -> str:
+    quoted = ", ".join(json.dumps(t) for t in tests)
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["edgepose"]\n'
+        'also_copy = ["models"]\n'
+        f"only_mutate = [{json.dumps(module)}]\n"
+        f"pytest_add_cli_args_test_selection = [{quoted}]\n"
+        # Subprocess tests run the installed package, never the mutant; they only cost time here.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-k", "not cli_"]\n'
+    )
+
+
+def prepare(module: str, tests: list[str]) -> Path:
+    work = WORK / Path(module).stem
+    # Fresh copies of the sources, but mutmut's own mutants/ is kept: it re-tests only what changed.
+    for tree in ("edgepose", "tests", "models"):
+        if (work / tree).exists():
+            shutil.rmtree(work / tree)
+        shutil.copytree(ROOT / tree, work / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(pyproject + _mutmut_section(module, tests))
+    return work
+
+
+def run_module(module: str, tests: list[str], mutmut: Path, children: int, equivalent: dict[str, str]) -> ModuleScore:
+    work = prepare(module, tests)
+    started = time.monotonic()
+    subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, check=True)
+    seconds = time.monotonic() - started
+    listing = subprocess.run(
+        [str(mutmut), "results", "--all", "true"], cwd=work, check=True, capture_output=True, text=True
+    ).stdout
+    statuses: dict[str, str] = {}
+    for line in listing.splitlines():
+        match = _RESULT_LINE.match(line)
+        if match:
+            statuses[match["name"]] = match["status"]
+    killed = sum(1 for status in statuses.values() if status in KILLED)
+    survived = sorted(name for name, status in statuses.items() if status == "survived")
+    no_tests = sorted(name for name, status in statuses.items() if status in NOT_RUN)
+    equivalent_here = sorted(name for name in statuses if name in equivalent)
+    return ModuleScore(module, len(statuses), killed, survived, no_tests, equivalent_here, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
+    parser.add_argument("--children", type=int, default=1, help="mutants tested in parallel (default 1)")
+    parser.add_argument("--min-score", type=float, default=0.9, help="fail when a module scores below this")
+    args = parser.parse_args(argv)
+    modules = args.modules or list(MODULES)
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        parser.error(f"not a module with a mutation test list: {', '.join(unknown)}")
+    mutmut = Path(sys.executable).parent / "mutmut"
+    equivalent: dict[str, str] = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("modules", {})
+    failing = []
+    for module in modules:
+        score = run_module(module, MODULES[module], mutmut, args.children, equivalent)
+        results["modules"][module] = score.as_json()
+        results["tool"] = f"mutmut {importlib.metadata.version('mutmut')}"
+        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"{module}: {score.killed}/{score.total - len(score.equivalent)} killed ({score.score:.1%})")
+        if score.score < args.min_score:
+            failing.append(module)
+    if failing:
+        print(f"below {args.min_score:.0%}: {', '.join(failing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    # The tests' shared data (model mirror, truth photos) sits beside the checkout, not in the copies.
+    os.environ.setdefault("EDGEPOSE_SHARED_DIR", str(ROOT.parent / "shared"))
+    sys.exit(main())
