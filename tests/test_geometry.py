@@ -98,3 +98,78 @@ def test_mapping_matches_pixels_of_resized_image() -> None:
     model_yx = np.array([[(ys.mean() + 0.5) / 256, (xs.mean() + 0.5) / 256]])
     frame_px = box_to_frame(model_yx, box)[0] * [300, 500]
     np.testing.assert_allclose(frame_px, [202, 102], atol=1.5)
+
+
+def test_letterbox_odd_padding_goes_after_in_whole_pixels() -> None:
+    # 641 - 480 = 161 rows of padding: 80 above, 81 below, so the box edges stay on pixel boundaries.
+    box = letterbox_box(480, 641)
+    assert (box.ymin * 480, box.ymax * 480) == pytest.approx((-80, 561), abs=1e-9)
+    box = letterbox_box(301, 200)
+    assert (box.xmin * 200, box.xmax * 200) == pytest.approx((-50, 251), abs=1e-9)
+
+
+def test_letterbox_of_a_one_pixel_frame_and_the_error_names_the_size() -> None:
+    assert letterbox_box(1, 1) == CropBox(0.0, 0.0, 1.0, 1.0)
+    assert letterbox_box(1, 3) == CropBox(-1.0, 0.0, 2.0, 1.0)
+    for height_px, width_px in [(0, 640), (480, 0), (-1, 5)]:
+        with pytest.raises(ValueError, match=f"frame size must be positive, got {width_px}x{height_px}"):
+            letterbox_box(height_px, width_px)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        CropBox(0.5, 0.1, 0.5, 0.9),
+        CropBox(0.1, 0.5, 0.9, 0.5),
+        CropBox(0.6, 0.1, 0.5, 0.9),
+        CropBox(0.1, 0.6, 0.9, 0.5),
+    ],
+)
+def test_paste_region_refuses_a_box_without_area(box: CropBox) -> None:
+    with pytest.raises(ValueError, match="crop box has no area"):
+        paste_region(box, 100, 100, 32, 32)
+
+
+def test_a_box_under_a_pixel_high_is_no_error_but_pastes_nothing() -> None:
+    # 0.5 x 0.5 px of a 100 px frame has an area, too small to cover a whole source pixel.
+    region = paste_region(CropBox(0.5, 0.5, 0.505, 0.505), 100, 100, 8, 8)
+    assert region.empty
+
+
+def test_mapping_keeps_float_precision_for_integer_input() -> None:
+    box = CropBox(ymin=0.25, xmin=-0.5, ymax=0.75, xmax=1.5)
+    corners = np.array([[0, 0], [1, 1]])  # integer model coordinates
+    np.testing.assert_allclose(box_to_frame(corners, box), [[0.25, -0.5], [0.75, 1.5]])
+    np.testing.assert_allclose(frame_to_box(corners, box), [[-0.5, 0.25], [1.5, 0.75]])
+
+
+def test_frame_to_box_maps_y_and_x_each_through_its_own_edges() -> None:
+    box = CropBox(ymin=0.1, xmin=0.2, ymax=0.5, xmax=1.0)
+    frame_yx = np.array([[0.3, 0.6], [0.1, 1.0], [0.5, 0.2]])
+    np.testing.assert_allclose(frame_to_box(frame_yx, box), [[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]], atol=1e-12)
+
+
+def test_non_square_input_is_filled_by_rows_and_columns() -> None:
+    """MultiPose inputs are not square: height and width of the output are not interchangeable."""
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[:50] = 200  # top half bright
+    out = np.full((64, 128, 3), 9, np.uint8)
+    box = crop_and_resize_into(frame, CropBox(0.0, 0.0, 1.0, 1.0), out)
+    assert (out[:31] == 200).all() and (out[33:] == 0).all()
+    assert box == CropBox(0.0, 0.0, 1.0, 1.0)
+
+
+def test_effective_box_of_a_box_reaching_above_and_left_of_the_frame() -> None:
+    # 40.4 px of padding above and 10.2 px left, in a 100x100 frame into 64x64: the paste starts on whole pixels.
+    frame = np.full((100, 100, 3), 150, np.uint8)
+    out = np.zeros((64, 64, 3), np.uint8)
+    requested = CropBox(ymin=-0.404, xmin=-0.102, ymax=0.596, xmax=0.898)
+    region = paste_region(requested, 100, 100, 64, 64)
+    box = crop_and_resize_into(frame, requested, out)
+    assert (region.dst_y0, region.dst_x0) == (26, 7)  # round(40.4 * 0.64), round(10.2 * 0.64)
+    first_row, first_col = int(np.argmax(out[:, 40, 0] > 0)), int(np.argmax(out[40, :, 0] > 0))
+    assert (first_row, first_col) == (26, 7)
+    # The frame's top-left corner is where the first pasted input pixel begins.
+    np.testing.assert_allclose(box_to_frame(np.array([[26 / 64, 7 / 64]]), box), [[0.0, 0.0]], atol=1e-12)
+    # And the box keeps the scale of what was pasted: 60 source rows (0..60) into 38 input rows (26..64).
+    assert (box.ymax - box.ymin) * 100 == pytest.approx(64 * 60 / 38)
