@@ -138,7 +138,7 @@ def test_compact_multipose_ids_and_boxes_validate() -> None:
     )
     jsonschema.validate(payload, load_schema("keypoints-compact"))
     assert payload["ids"] == [3, 5]
-    assert payload["boxes"][0] == [100, 100, 600, 900]
+    assert payload["boxes"][0] == [100, 250, 600, 900]  # xmin, ymin, xmax, ymax
 
 
 @pytest.mark.parametrize(
