@@ -36,6 +36,7 @@ _RIGHT_SHOULDER = KEYPOINT_INDEX["right_shoulder"]
 _LEFT_HIP = KEYPOINT_INDEX["left_hip"]
 _RIGHT_HIP = KEYPOINT_INDEX["right_hip"]
 _TORSO = (_LEFT_SHOULDER, _RIGHT_SHOULDER, _LEFT_HIP, _RIGHT_HIP)
+_TORSO_SET = frozenset(_TORSO)
 
 EstimateFn = Callable[[CropBox], np.ndarray]
 
@@ -51,10 +52,37 @@ def torso_visible(keypoints: np.ndarray) -> bool:
     Upstream compares with a strict `>`: a score of exactly MIN_CROP_KEYPOINT_SCORE does not count.
     """
     _check_keypoints(keypoints)
-    confident = keypoints[:, 2] > MIN_CROP_KEYPOINT_SCORE
-    hip = confident[_LEFT_HIP] or confident[_RIGHT_HIP]
-    shoulder = confident[_LEFT_SHOULDER] or confident[_RIGHT_SHOULDER]
-    return bool(hip and shoulder)
+    return _torso_visible(keypoints.tolist())
+
+
+# The crop runs once per video frame on 17 keypoints: on Python floats from one tolist() it costs a
+# fraction of a dozen numpy calls on a (17, 3) array, and gives the same IEEE doubles.
+Rows = list[list[float]]
+
+
+def _torso_visible(rows: Rows) -> bool:
+    hip = rows[_LEFT_HIP][2] > MIN_CROP_KEYPOINT_SCORE or rows[_RIGHT_HIP][2] > MIN_CROP_KEYPOINT_SCORE
+    shoulder = rows[_LEFT_SHOULDER][2] > MIN_CROP_KEYPOINT_SCORE or rows[_RIGHT_SHOULDER][2] > MIN_CROP_KEYPOINT_SCORE
+    return hip and shoulder
+
+
+def _reach_px(
+    rows: Rows, center_y_px: float, center_x_px: float, frame_height_px: int, frame_width_px: int
+) -> tuple[float, float, float, float]:
+    """(torso_y, torso_x, body_y, body_x): the largest distances from the centre, in pixels."""
+    torso_y = torso_x = body_y = body_x = 0.0
+    for index, (y, x, score) in enumerate(rows):
+        dist_y = abs(center_y_px - y * frame_height_px)
+        dist_x = abs(center_x_px - x * frame_width_px)
+        if index in _TORSO_SET:
+            torso_y = dist_y if dist_y > torso_y else torso_y
+            torso_x = dist_x if dist_x > torso_x else torso_x
+        # Upstream counts the torso joints whatever their score, but skips body joints below the
+        # threshold with `<`, so a score of exactly MIN_CROP_KEYPOINT_SCORE does count here.
+        if score >= MIN_CROP_KEYPOINT_SCORE:
+            body_y = dist_y if dist_y > body_y else body_y
+            body_x = dist_x if dist_x > body_x else body_x
+    return torso_y, torso_x, body_y, body_x
 
 
 @dataclass(frozen=True)
@@ -72,20 +100,7 @@ def torso_and_body_range(
 ) -> BodyRange:
     """Upstream `determineTorsoAndBodyRange`, measuring each keypoint (not the RPi example's last joint)."""
     _check_keypoints(keypoints)
-    y_px = keypoints[:, 0] * frame_height_px
-    x_px = keypoints[:, 1] * frame_width_px
-    dist_y_px = np.abs(center_y_px - y_px)
-    dist_x_px = np.abs(center_x_px - x_px)
-    torso = list(_TORSO)
-    # Upstream counts the torso joints whatever their score, but skips body joints below the
-    # threshold with `<`, so a score of exactly MIN_CROP_KEYPOINT_SCORE does count here.
-    confident = keypoints[:, 2] >= MIN_CROP_KEYPOINT_SCORE
-    return BodyRange(
-        torso_y_px=float(dist_y_px[torso].max()),
-        torso_x_px=float(dist_x_px[torso].max()),
-        body_y_px=float(dist_y_px[confident].max(initial=0.0)),
-        body_x_px=float(dist_x_px[confident].max(initial=0.0)),
-    )
+    return BodyRange(*_reach_px(keypoints.tolist(), center_y_px, center_x_px, frame_height_px, frame_width_px))
 
 
 def determine_crop_region(keypoints: np.ndarray, frame_height_px: int, frame_width_px: int) -> CropBox:
@@ -95,18 +110,25 @@ def determine_crop_region(keypoints: np.ndarray, frame_height_px: int, frame_wid
     is so large that the crop would be larger than the frame anyway.
     """
     _check_keypoints(keypoints)
-    fallback = letterbox_box(frame_height_px, frame_width_px)
-    if not torso_visible(keypoints):
-        return fallback
+    target = _crop_target(keypoints.tolist(), frame_height_px, frame_width_px)
+    return target if target is not None else letterbox_box(frame_height_px, frame_width_px)
+
+
+def _crop_target(rows: Rows, frame_height_px: int, frame_width_px: int) -> CropBox | None:
+    """determine_crop_region on tolist() rows; None when the torso is not visible."""
+    if not _torso_visible(rows):
+        return None
     # Upstream centres on both hips even when only one of them is confident.
-    center_y_px = float((keypoints[_LEFT_HIP, 0] + keypoints[_RIGHT_HIP, 0]) / 2 * frame_height_px)
-    center_x_px = float((keypoints[_LEFT_HIP, 1] + keypoints[_RIGHT_HIP, 1]) / 2 * frame_width_px)
-    reach = torso_and_body_range(keypoints, center_y_px, center_x_px, frame_height_px, frame_width_px)
+    center_y_px = (rows[_LEFT_HIP][0] + rows[_RIGHT_HIP][0]) / 2 * frame_height_px
+    center_x_px = (rows[_LEFT_HIP][1] + rows[_RIGHT_HIP][1]) / 2 * frame_width_px
+    torso_y_px, torso_x_px, body_y_px, body_x_px = _reach_px(
+        rows, center_y_px, center_x_px, frame_height_px, frame_width_px
+    )
     half_px = max(
-        reach.torso_x_px * TORSO_EXPANSION_RATIO,
-        reach.torso_y_px * TORSO_EXPANSION_RATIO,
-        reach.body_y_px * BODY_EXPANSION_RATIO,
-        reach.body_x_px * BODY_EXPANSION_RATIO,
+        torso_x_px * TORSO_EXPANSION_RATIO,
+        torso_y_px * TORSO_EXPANSION_RATIO,
+        body_y_px * BODY_EXPANSION_RATIO,
+        body_x_px * BODY_EXPANSION_RATIO,
     )
     # No point reaching further past the centre than the farthest frame edge.
     half_px = min(
@@ -114,7 +136,7 @@ def determine_crop_region(keypoints: np.ndarray, frame_height_px: int, frame_wid
         max(center_x_px, frame_width_px - center_x_px, center_y_px, frame_height_px - center_y_px),
     )
     if half_px > max(frame_width_px, frame_height_px) / 2:
-        return fallback
+        return letterbox_box(frame_height_px, frame_width_px)
     return CropBox(
         ymin=(center_y_px - half_px) / frame_height_px,
         xmin=(center_x_px - half_px) / frame_width_px,
@@ -170,10 +192,11 @@ class CropRegionTracker:
             # Normalized boxes of another frame size describe other pixels.
             self.reset()
             self._frame_size_px = (frame_height_px, frame_width_px)
-        if not torso_visible(keypoints):
+        _check_keypoints(keypoints)
+        target = _crop_target(keypoints.tolist(), frame_height_px, frame_width_px)
+        if target is None:  # the torso is lost
             self._box = letterbox_box(frame_height_px, frame_width_px)
             return self._box
-        target = determine_crop_region(keypoints, frame_height_px, frame_width_px)
         self._box = target if self._box is None else low_pass_box(self._box, target, self._alpha)
         return self._box
 

@@ -8,6 +8,7 @@ square box, so one resize function and one mapping function serve both.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -16,11 +17,13 @@ import numpy as np
 from edgepose.pose import CropBox
 
 
+@functools.lru_cache(maxsize=16)
 def letterbox_box(height_px: int, width_px: int) -> CropBox:
     """The square box, centred on the frame, that holds the whole frame with its aspect kept.
 
     The padding is split in whole pixels (the odd pixel goes after), so the box edges fall on
-    pixel boundaries and the resampling does not depend on where the frame sits.
+    pixel boundaries and the resampling does not depend on where the frame sits. Cached: every
+    video frame asks for it, and a CropBox is immutable.
     """
     if height_px <= 0 or width_px <= 0:
         raise ValueError(f"frame size must be positive, got {width_px}x{height_px}")

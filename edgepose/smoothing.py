@@ -76,6 +76,8 @@ class OneEuroFilter:
         self._last_raw: npt.NDArray[np.float64] | None = None
         self._smoothed: npt.NDArray[np.float64] | None = None
         self._speed: npt.NDArray[np.float64] | None = None
+        self._work: npt.NDArray[np.float64] = np.empty(0)
+        self._alphas: npt.NDArray[np.float64] = np.empty(0)
 
     @property
     def last_timestamp_s(self) -> float | None:
@@ -108,21 +110,43 @@ class OneEuroFilter:
             self._last_raw = raw
             self._smoothed = raw.copy()
             self._speed = np.zeros_like(raw)
+            self._work = np.empty_like(raw)
+            self._alphas = np.empty_like(raw)
             return raw.copy()
 
-        raw_speed = (raw - self._last_raw) * self._frequency_hz
-        speed = self._speed + _alpha(p.derivative_cutoff_hz, self._frequency_hz) * (raw_speed - self._speed)
-        abs_speed = np.abs(speed)
-        alpha = _alpha(p.min_cutoff_hz + p.beta * abs_speed, self._frequency_hz)
-        step = raw - self._smoothed
+        # The same arithmetic as tfjs, written into buffers kept from frame to frame: this runs for
+        # every video frame on 34 numbers, where numpy's cost is the number of calls, not the size.
+        frequency_hz = self._frequency_hz
+        work, alphas, speed = self._work, self._alphas, self._speed
+        np.subtract(raw, self._last_raw, out=work)
+        work *= frequency_hz  # the raw speed
+        work -= speed
+        work *= float(_alpha(p.derivative_cutoff_hz, frequency_hz))
+        speed += work  # low-passed speed
+        abs_speed = np.abs(speed, out=work)
+        # _alpha(min_cutoff + beta * |speed|): 1 / (1 + f / (2 pi cutoff)).
+        np.multiply(abs_speed, p.beta, out=alphas)
+        alphas += p.min_cutoff_hz
+        alphas *= 2.0 * np.pi
+        np.divide(frequency_hz, alphas, out=alphas)
+        alphas += 1.0
+        np.divide(1.0, alphas, out=alphas)
+        smoothed = self._smoothed
         if p.threshold_cutoff is None:
-            smoothed = self._smoothed + alpha * step
+            np.subtract(raw, smoothed, out=work)
+            work *= alphas
         else:
-            threshold = p.threshold_cutoff + p.threshold_beta * abs_speed
-            smoothed = self._smoothed + alpha * threshold * np.arcsinh(step / threshold)
+            threshold = abs_speed  # reuses `work`: |speed| is not needed after this
+            threshold *= p.threshold_beta
+            threshold += p.threshold_cutoff
+            alphas *= threshold
+            raw_step = self._last_raw  # its last use was above; `raw` replaces it below
+            np.subtract(raw, smoothed, out=raw_step)
+            raw_step /= threshold
+            np.arcsinh(raw_step, out=raw_step)
+            np.multiply(alphas, raw_step, out=work)
+        smoothed += work
         self._last_raw = raw
-        self._speed = speed
-        self._smoothed = smoothed
         return smoothed.copy()
 
 
@@ -144,6 +168,7 @@ class KeypointSmoother:
         self._untracked = OneEuroFilter(params)
         self._tracks: dict[int, OneEuroFilter] = {}
         self._frame_size_px: tuple[int, int] | None = None
+        self._to_units = np.ones(2)
 
     def reset(self) -> None:
         self._untracked = OneEuroFilter(self._params)
@@ -167,10 +192,11 @@ class KeypointSmoother:
         if self._frame_size_px != (frame_height_px, frame_width_px):
             self.reset()
             self._frame_size_px = (frame_height_px, frame_width_px)
+            long_side_px = max(frame_height_px, frame_width_px)
+            self._to_units = np.array([frame_height_px, frame_width_px], dtype=np.float64) / long_side_px
 
         # frame-normalized -> fractions of the longer side (see the module doc)
-        long_side_px = max(frame_height_px, frame_width_px)
-        to_units = np.array([frame_height_px, frame_width_px], dtype=np.float64) / long_side_px
+        to_units = self._to_units
         units = yx * to_units
 
         if track_ids is None:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from edgepose.fleet.replay import photo_poses
+from edgepose.inference.movenet import keypoints_to_pose
 from edgepose.mqtt.payloads import KeypointsMessage, PayloadFormat, encode, keypoints_bytes, keypoints_payload
 from edgepose.pose import KEYPOINT_NAMES, BoundingBox, CropBox, Keypoint, Pose
 
@@ -156,3 +159,16 @@ def test_compact_schema_rejects_malformed_payloads(mutate: Any) -> None:
     mutate(payload)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, load_schema("keypoints-compact"))
+    with pytest.raises(ValueError):
+        encode({"poses": [{"keypoints": [{"x": float("inf")}]}], "reason": None})
+    assert encode({"reason": None, "x": 0.5}) == b'{"reason":null,"x":0.5}'
+
+
+def test_encode_writes_what_the_standard_library_writes() -> None:
+    """orjson replaced json.dumps for speed; subscribers must not see a byte of difference."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        keypoints = rng.random((17, 3))
+        message = replace(_message(), poses=(keypoints_to_pose(keypoints),), seq=int(rng.integers(0, 2**40)))
+        payload = keypoints_payload(message)
+        assert encode(payload) == json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()

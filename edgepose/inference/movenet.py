@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepose.errors import ModelError
-from edgepose.geometry import box_to_frame, crop_and_resize_into, letterbox_box
+from edgepose.geometry import crop_and_resize_into, letterbox_box
 from edgepose.inference.runtime import InferenceBackend
 from edgepose.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, CropBox, Keypoint, Pose
 
@@ -35,21 +35,23 @@ class RawEstimate:
 
 def keypoints_to_pose(keypoints: np.ndarray) -> Pose:
     """(17, 3) [y, x, score] frame-normalized -> Pose; the pose score is the mean keypoint score."""
+    # One tolist() instead of 51 numpy scalar reads: this runs for every frame.
+    rows = keypoints.tolist()
     points = tuple(
-        Keypoint(name=name, x=float(keypoints[i, 1]), y=float(keypoints[i, 0]), score=float(keypoints[i, 2]))
-        for i, name in enumerate(KEYPOINT_NAMES)
+        Keypoint(name=name, x=x, y=y, score=score) for name, (y, x, score) in zip(KEYPOINT_NAMES, rows, strict=True)
     )
     return Pose(keypoints=points, score=float(np.mean(keypoints[:, 2])))
 
 
 def decode_singlepose(output: np.ndarray, box: CropBox) -> np.ndarray:
     """MoveNet output [1, 1, 17, 3] (y, x, score in the model input) -> frame-normalized (17, 3)."""
-    raw = np.asarray(output, dtype=np.float64).reshape(-1, 3)
-    if raw.shape[0] != NUM_KEYPOINTS:
+    if output.size != NUM_KEYPOINTS * 3:
         raise ModelError(f"unexpected MoveNet output shape {output.shape}: expected [1, 1, 17, 3]")
-    mapped = np.empty_like(raw)
-    mapped[:, :2] = box_to_frame(raw[:, :2], box)
-    mapped[:, 2] = raw[:, 2]
+    mapped = output.reshape(NUM_KEYPOINTS, 3).astype(np.float64)
+    # box_to_frame, in place: y * height + ymin, x * width + xmin; scores pass through.
+    yx = mapped[:, :2]
+    yx *= (box.ymax - box.ymin, box.xmax - box.xmin)
+    yx += (box.ymin, box.xmin)
     return mapped
 
 
