@@ -231,7 +231,9 @@ class ModelConfig(_Section):
     edgetpu_device: str = Field("usb", pattern=r"^(usb|pci)?(:\d+)?$")
     hang_timeout_s: float = Field(1.0, gt=0, le=60)
     edgetpu_reprobe_s: float = Field(30.0, gt=0)
-    num_threads: int = Field(4, ge=1, le=64)
+    num_threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        4, description="interpreter threads, or auto: the count with the highest pipeline rate, measured once"
+    )
     score_threshold: float = Field(0.2, ge=0.0, le=1.0)
     smart_crop: bool = True
     smoothing: SmoothingConfig = SmoothingConfig()

@@ -40,6 +40,7 @@ from edgepose.mqtt.publisher import MqttPublisher
 from edgepose.mqtt.topics import Topics
 from edgepose.sources.base import FrameSource
 from edgepose.sources.factory import open_source
+from edgepose.threadtune import pick_threads
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,12 @@ def build_inference(config: Config) -> Inference:
     model_dir = default_model_dir(config.model.dir)
     model = resolve_model(config.model.name, model_dir, manifest)
     runtime = load_runtime(config.model.runtime)
-    choice = select_backend(config.model, model, manifest, model_dir, runtime)
+    model_config = config.model
+    if model_config.num_threads == "auto" and model_config.backend != "edgetpu":
+        frame_size_px = (config.camera.width, config.camera.height)
+        threads = pick_threads(cpu_build(model, manifest, model_dir).path, runtime, model_dir, frame_size_px)
+        model_config = model_config.model_copy(update={"num_threads": threads})
+    choice = select_backend(model_config, model, manifest, model_dir, runtime)
     try:
         # The payload names the network the user chose; `backend` says where it runs right now.
         label = model_label(cpu_build(model, manifest, model_dir))

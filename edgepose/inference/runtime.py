@@ -74,9 +74,14 @@ def _package_version(package: str) -> str:
         return "unknown"
 
 
-def effective_threads(requested: int, cpu_count: int | None = None) -> tuple[int, str | None]:
-    """Cap the thread count at the machine's cores: oversubscribed XNNPACK threads spin and slow down."""
+def effective_threads(requested: int | str, cpu_count: int | None = None) -> tuple[int, str | None]:
+    """Cap the thread count at the machine's cores: oversubscribed XNNPACK threads spin and slow down.
+
+    "auto" not yet resolved by a measurement (edgepose/threadtune.py; `infer` does not measure) is every core.
+    """
     cores = cpu_count or os.cpu_count() or 1
+    if not isinstance(requested, int):
+        return cores, None
     if requested > cores:
         return cores, (
             f"model.num_threads={requested} is more than the {cores} CPU cores here; using {cores} "
