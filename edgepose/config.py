@@ -214,6 +214,11 @@ class CameraConfig(_Section):
         ge=1,
         description="images larger than this are refused before decoding (images:, infer)",
     )
+    isp_scale: bool = Field(
+        False,
+        description="picamera2: the ISP also scales each frame to the model input (the lores stream), "
+        "used whenever the model looks at the whole frame, so the CPU does not resize",
+    )
 
 
 class SmoothingConfig(_Section):

@@ -125,11 +125,7 @@ def crop_and_resize_into(frame: np.ndarray, box: CropBox, out: np.ndarray) -> Cr
     if region.empty:
         out[...] = 0
         return box
-    # Zero only the margins: the pasted rectangle is overwritten below anyway.
-    out[: region.dst_y0] = 0
-    out[region.dst_y1 :] = 0
-    out[region.dst_y0 : region.dst_y1, : region.dst_x0] = 0
-    out[region.dst_y0 : region.dst_y1, region.dst_x1 :] = 0
+    _zero_margins(out, region)
     cv2.resize(
         frame[region.src_y0 : region.src_y1, region.src_x0 : region.src_x1],
         (region.dst_x1 - region.dst_x0, region.dst_y1 - region.dst_y0),
@@ -137,6 +133,37 @@ def crop_and_resize_into(frame: np.ndarray, box: CropBox, out: np.ndarray) -> Cr
         interpolation=cv2.INTER_LINEAR,
     )
     return effective_box(region, box, frame_h, frame_w, out_h, out_w)
+
+
+def _zero_margins(out: np.ndarray, region: PasteRegion) -> None:
+    # Zero only the margins: the pasted rectangle is overwritten by the caller anyway.
+    out[: region.dst_y0] = 0
+    out[region.dst_y1 :] = 0
+    out[region.dst_y0 : region.dst_y1, : region.dst_x0] = 0
+    out[region.dst_y0 : region.dst_y1, region.dst_x1 :] = 0
+
+
+def letterbox_content_size(frame_height_px: int, frame_width_px: int, input_px: int) -> tuple[int, int]:
+    """(width, height) the whole frame takes inside a square input_px model input, letterboxed: the
+    size to ask a camera's scaler for, so `paste_scaled_into` can use its output as it is."""
+    box = letterbox_box(frame_height_px, frame_width_px)
+    region = paste_region(box, frame_height_px, frame_width_px, input_px, input_px)
+    return region.dst_x1 - region.dst_x0, region.dst_y1 - region.dst_y0
+
+
+def paste_scaled_into(scaled: np.ndarray, frame_height_px: int, frame_width_px: int, out: np.ndarray) -> CropBox | None:
+    """The letterbox of `crop_and_resize_into`, from a frame the camera already scaled to the content size.
+
+    Returns the same effective box (so decoding maps keypoints back identically), or None when
+    `scaled` is not exactly the content size for `out`: then the caller resizes the full frame.
+    """
+    box = letterbox_box(frame_height_px, frame_width_px)
+    region = paste_region(box, frame_height_px, frame_width_px, out.shape[0], out.shape[1])
+    if region.empty or scaled.shape != (region.dst_y1 - region.dst_y0, region.dst_x1 - region.dst_x0, out.shape[2]):
+        return None
+    _zero_margins(out, region)
+    out[region.dst_y0 : region.dst_y1, region.dst_x0 : region.dst_x1] = scaled
+    return effective_box(region, box, frame_height_px, frame_width_px, out.shape[0], out.shape[1])
 
 
 def box_to_frame(yx: np.ndarray, box: CropBox) -> np.ndarray:

@@ -160,7 +160,13 @@ def build_source(config: Config) -> FrameSource:
     photos = None
     if config.camera.source.uses_sample_photos:
         photos = sample_paths(default_model_dir(config.model.dir), load_manifest())
-    return open_source(config.camera, photos)
+    return open_source(config.camera, photos, _manifest_input_px(config) if config.camera.isp_scale else None)
+
+
+def _manifest_input_px(config: Config) -> int | None:
+    """The model's square input size from the manifest, for camera.isp_scale (None: a .tflite path)."""
+    spec = load_manifest().models.get(config.model.name)
+    return spec.input_size if spec is not None else None
 
 
 @contextlib.contextmanager
@@ -177,9 +183,9 @@ def _build_source_part(config: Config, parts: Mapping[str, object], host: Host) 
 
 
 def _source_key(config: Config) -> object:
-    # The demo source reads its photos from the model directory.
+    # The demo source reads its photos from the model directory; the ISP scales to the model's input.
     demo_dir = config.model.dir if config.camera.source.uses_sample_photos else None
-    return (config.camera, demo_dir)
+    return (config.camera, demo_dir, config.model.name if config.camera.isp_scale else None)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepose.geometry import box_to_frame, crop_and_resize_into, frame_to_box, letterbox_box, paste_region
+from edgepose.geometry import (
+    box_to_frame,
+    crop_and_resize_into,
+    frame_to_box,
+    letterbox_box,
+    letterbox_content_size,
+    paste_region,
+    paste_scaled_into,
+)
 from edgepose.pose import CropBox
 
 
@@ -173,3 +181,16 @@ def test_effective_box_of_a_box_reaching_above_and_left_of_the_frame() -> None:
     np.testing.assert_allclose(box_to_frame(np.array([[26 / 64, 7 / 64]]), box), [[0.0, 0.0]], atol=1e-12)
     # And the box keeps the scale of what was pasted: 60 source rows (0..60) into 38 input rows (26..64).
     assert (box.ymax - box.ymin) * 100 == pytest.approx(64 * 60 / 38)
+
+
+def test_scaled_frame_pastes_where_the_resize_would_and_a_wrong_size_is_refused() -> None:
+    frame = np.random.default_rng(3).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    assert letterbox_content_size(480, 640, 192) == (192, 144)
+    assert letterbox_content_size(720, 1280, 256) == (256, 144)
+    resized = np.full((192, 192, 3), 7, np.uint8)
+    expected_box = crop_and_resize_into(frame, letterbox_box(480, 640), resized)
+    scaled = resized[24:168].copy()
+    pasted = np.full((192, 192, 3), 7, np.uint8)
+    assert paste_scaled_into(scaled, 480, 640, pasted) == expected_box
+    np.testing.assert_array_equal(pasted, resized)  # margins zeroed, content as given
+    assert paste_scaled_into(scaled[:, :190], 480, 640, pasted) is None

@@ -19,6 +19,7 @@ from edgepose.inference.movenet import SinglePoseEstimator
 from edgepose.inference.runtime import TensorSpec
 from edgepose.inference.stage import SinglePoseStage
 from edgepose.pipeline import END_OF_STREAM, CaptureLoop, EndOfStream, Invoked, LatestFrameSlot, PublishLoop
+from edgepose.pose import CropBox
 from edgepose.sources import factory
 from edgepose.sources import picamera2 as picamera2_adapter
 from edgepose.sources.base import Frame
@@ -667,3 +668,49 @@ def test_auto_skips_picamera2_without_a_camera(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(factory, "v4l2_devices", lambda: [])
     with pytest.raises(SourceError, match="picamera2: importable but no camera attached"):
         factory.open_source(CameraConfig(source="auto"))
+
+
+# -- camera.isp_scale: the ISP's lores stream feeds the model when it sees the whole frame -------
+
+
+def test_isp_scaled_lores_reaches_the_model_without_a_cpu_resize(
+    monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem
+) -> None:
+    system.scene_rgb = split_scene(640, 480, RED, BLUE)
+    install(monkeypatch, system)
+    config = CameraConfig(source="picamera2", width=640, height=480, fps=50.0, isp_scale=True)
+    source = factory.open_source(config, model_input_px=192)
+    assert isinstance(source, Picamera2Source) and source.lores_size_px == (192, 144)
+    camera = opened(source, system)
+    assert camera.camera_config is not None
+    lores = camera.camera_config["lores"]
+    assert lores["size"] == (192, 144) and lores["format"] == "YUV420"
+    frame = source.read()
+    source.close()
+    assert frame.image.shape == (480, 640, 3)
+    assert frame.scaled is not None and frame.scaled.shape == (144, 192, 3)
+    # I420 round trip: colours within a few levels of the scene.
+    assert np.abs(frame.scaled[72, 40].astype(int) - RED).max() <= 8
+    assert np.abs(frame.scaled[72, 150].astype(int) - BLUE).max() <= 8
+
+    # The letterbox comes from the lores pixels as they are (no resize), with the box a resize would give.
+    backend = RecordingBackend()
+    estimator = SinglePoseEstimator(backend)
+    tensor = estimator.new_input()
+    box = estimator.prepare_into(frame.image, None, tensor, frame.scaled)
+    assert box == estimator.prepare_into(frame.image, None, estimator.new_input())
+    np.testing.assert_array_equal(tensor[0, 24:168], frame.scaled)
+    assert not tensor[0, :24].any() and not tensor[0, 168:].any()
+    # A smart-crop box is cut from the full-resolution frame instead.
+    crop = CropBox(0.2, 0.2, 0.6, 0.5)
+    assert estimator.prepare_into(frame.image, crop, tensor, frame.scaled) == estimator.prepare_into(
+        frame.image, crop, estimator.new_input()
+    )
+
+
+def test_without_isp_scale_there_is_no_lores_stream(monkeypatch: pytest.MonkeyPatch, system: FakeCameraSystem) -> None:
+    source = make_source(monkeypatch, system)
+    camera = opened(source, system)
+    assert camera.camera_config is not None and camera.camera_config["lores"] is None
+    assert source.read().scaled is None
+    source.close()

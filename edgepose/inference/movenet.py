@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepose.errors import ModelError
-from edgepose.geometry import crop_and_resize_into, letterbox_box
+from edgepose.geometry import crop_and_resize_into, letterbox_box, paste_scaled_into
 from edgepose.inference.runtime import InferenceBackend
 from edgepose.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, CropBox, Keypoint, Pose
 
@@ -76,10 +76,20 @@ class SinglePoseEstimator:
         spec = self.backend.input_spec
         return np.zeros(spec.shape, dtype=spec.dtype)
 
-    def prepare_into(self, frame: np.ndarray, box: CropBox | None, tensor: np.ndarray) -> CropBox:
-        """Write `box` of an RGB uint8 frame (default: the letterbox) into `tensor`; the effective box."""
+    def prepare_into(
+        self, frame: np.ndarray, box: CropBox | None, tensor: np.ndarray, scaled: np.ndarray | None = None
+    ) -> CropBox:
+        """Write `box` of an RGB uint8 frame (default: the letterbox) into `tensor`; the effective box.
+
+        `scaled`: the whole frame already scaled by the camera (Frame.scaled). Used, without any
+        resizing, when the box is the letterbox and it has the right size.
+        """
         if box is None:
             box = letterbox_box(frame.shape[0], frame.shape[1])
+        if scaled is not None and self._staging is None and box == letterbox_box(frame.shape[0], frame.shape[1]):
+            effective = paste_scaled_into(scaled, frame.shape[0], frame.shape[1], tensor[0])
+            if effective is not None:
+                return effective
         if self._staging is None:
             return crop_and_resize_into(frame, box, tensor[0])
         effective = crop_and_resize_into(frame, box, self._staging)

@@ -222,7 +222,7 @@ class SinglePoseStage(_StageBase):
         if self._crop is not None:
             with self._crop_lock:
                 requested = self._crop.box_for_frame(frame.height_px, frame.width_px)
-        box = self.estimator.prepare_into(frame.image, requested, tensor)
+        box = self.estimator.prepare_into(frame.image, requested, tensor, frame.scaled)
         return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
     def finish(self, prepared: Prepared, outputs: list[np.ndarray], invoke_ms: float) -> InferenceResult:

@@ -21,6 +21,9 @@ class Frame:
     timestamp_s: float  # wall-clock capture time, UNIX seconds (what payloads report)
     monotonic_s: float  # the same instant on time.monotonic(), for latency arithmetic
     index: int  # frame counter of the source since it was opened
+    # The whole frame already scaled to the model's letterbox content size (RGB uint8), when the
+    # camera's ISP can do it for free (picamera2's lores stream); None from other sources.
+    scaled: np.ndarray | None = None
 
     @property
     def height_px(self) -> int:

@@ -18,6 +18,7 @@ from edgepose.config import (
     V4l2Spec,
 )
 from edgepose.errors import SourceError
+from edgepose.geometry import letterbox_content_size
 from edgepose.sources.base import FrameSource
 from edgepose.sources.demo import DemoSource
 from edgepose.sources.images import ImagesSource
@@ -30,15 +31,18 @@ def v4l2_devices() -> list[str]:
     return sorted(glob.glob("/dev/video[0-9]*"), key=lambda p: int(p.removeprefix("/dev/video") or 0))
 
 
-def picamera2_source(camera: CameraConfig) -> FrameSource:
+def picamera2_source(camera: CameraConfig, model_input_px: int | None = None) -> FrameSource:
     # Imported lazily: picamera2 exists only on a Pi (from apt), and its import is slow.
     from edgepose.sources.picamera2 import Picamera2Source, load_picamera2
 
     picamera2_module, transform_class = load_picamera2()
-    return Picamera2Source(camera, picamera2_module, transform_class)
+    lores = None
+    if camera.isp_scale and model_input_px:
+        lores = letterbox_content_size(camera.height, camera.width, model_input_px)
+    return Picamera2Source(camera, picamera2_module, transform_class, lores)
 
 
-def auto_source(camera: CameraConfig) -> FrameSource:
+def auto_source(camera: CameraConfig, model_input_px: int | None = None) -> FrameSource:
     """picamera2 when importable with a camera attached, else the first V4L2 device, else a clear error."""
     tried = []
     try:
@@ -47,7 +51,7 @@ def auto_source(camera: CameraConfig) -> FrameSource:
         picamera2_module, _ = load_picamera2()
         cameras = attached_cameras(picamera2_module)
         if cameras:
-            return picamera2_source(camera)
+            return picamera2_source(camera, model_input_px)
         tried.append("picamera2: importable but no camera attached")
     except SourceError as exc:
         tried.append(str(exc))
@@ -62,14 +66,17 @@ def auto_source(camera: CameraConfig) -> FrameSource:
     )
 
 
-def open_source(camera: CameraConfig, demo_photos: list[Path] | None = None) -> FrameSource:
-    """Build (not open) the source `camera.source` names; `demo_photos` are needed for `demo`."""
+def open_source(
+    camera: CameraConfig, demo_photos: list[Path] | None = None, model_input_px: int | None = None
+) -> FrameSource:
+    """Build (not open) the source `camera.source` names; `demo_photos` are needed for `demo`;
+    `model_input_px` (the square model input) for picamera2's camera.isp_scale."""
     spec = camera.source
     match spec:
         case AutoSpec():
-            return auto_source(camera)
+            return auto_source(camera, model_input_px)
         case Picamera2Spec():
-            return picamera2_source(camera)
+            return picamera2_source(camera, model_input_px)
         case DemoSpec():
             if not demo_photos:
                 raise SourceError("camera.source demo: no demo photos (run `edgepose models fetch samples`)")

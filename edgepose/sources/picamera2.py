@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edgepose.config import CameraConfig
@@ -31,6 +32,9 @@ PICAMERA2_HINT = (
 # picamera2 names formats after little-endian DRM fourccs: "BGR888" is R,G,B in memory, which is
 # what the model takes, so frames need no channel swap ("RGB888" would be B,G,R).
 MAIN_FORMAT = "BGR888"
+# The Pi 4's ISP gives the lores stream in YUV420 only (the Pi 5 could do RGB); I420 -> RGB at the
+# model's input size costs a few tens of microseconds, a resize of the main frame several hundred.
+LORES_FORMAT = "YUV420"
 
 # libcamera documents SensorTimestamp as CLOCK_BOOTTIME, but on the Pi it is the V4L2 buffer time,
 # CLOCK_MONOTONIC (libcamera bug 254), and picamera2's own `flush=True` compares it with
@@ -152,8 +156,17 @@ class Picamera2Source:
 
     delivery: Delivery = "live"
 
-    def __init__(self, camera: CameraConfig, picamera2_module: ModuleType, transform_class: Any) -> None:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        picamera2_module: ModuleType,
+        transform_class: Any,
+        lores_size_px: tuple[int, int] | None = None,
+    ) -> None:
         self.camera = camera
+        # (width, height) for the ISP to scale every frame to as well (Frame.scaled): the model's input.
+        self.lores_size_px = lores_size_px
+        self._warned_lores = False
         self._module = picamera2_module
         self._transform_class = transform_class
         self._picam2: Any = None
@@ -182,6 +195,8 @@ class Picamera2Source:
         duration_us = frame_duration_us(camera.fps)
         config: dict[str, Any] = picam2.create_video_configuration(
             main={"size": (camera.width, camera.height), "format": MAIN_FORMAT},
+            # The ISP scales the same frame a second time for free; lores is YUV420 on every Pi.
+            lores={"size": self.lores_size_px, "format": LORES_FORMAT} if self.lores_size_px else None,
             buffer_count=camera.buffer_count,
             controls={"FrameDurationLimits": (duration_us, duration_us)},
             transform=self._transform_class(hflip=int(hflip), vflip=int(vflip)),
@@ -233,12 +248,13 @@ class Picamera2Source:
                     self._frames_skipped += 1
                     continue
                 image = request.make_array("main")
+                scaled = self._scaled(request) if self.lores_size_px else None
             except CAMERA_ERRORS as exc:
                 raise SourceError(f"{self.description}: reading a frame failed ({type(exc).__name__}: {exc})") from None
             finally:
                 # An unreleased request keeps its buffer from the camera; a few of them stall it.
                 request.release()
-            return self._frame(image, sensor_ns)
+            return self._frame(image, sensor_ns, scaled)
 
     def close(self) -> None:
         picam2, self._picam2 = self._picam2, None
@@ -280,7 +296,26 @@ class Picamera2Source:
             self._frames_skipped += frames_between(self._last_seen_ns, sensor_ns, self._frame_ns)
         self._last_seen_ns = sensor_ns
 
-    def _frame(self, array: np.ndarray, sensor_ns: int) -> Frame:
+    def _scaled(self, request: Any) -> np.ndarray | None:
+        """The lores stream as RGB, or None (and one warning) when its layout is not plain I420."""
+        assert self.lores_size_px is not None
+        width_px, height_px = self.lores_size_px
+        yuv = request.make_array("lores")
+        # make_array gives I420 as (height * 3/2, stride) rows; with stride == width it is plain I420.
+        if yuv.shape != (height_px * 3 // 2, width_px):
+            if not self._warned_lores:
+                log.warning(
+                    "%s: lores stream is %s, not %dx%d I420; resizing on the CPU instead",
+                    self.description,
+                    yuv.shape,
+                    width_px,
+                    height_px,
+                )
+                self._warned_lores = True
+            return None
+        return np.asarray(cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420))
+
+    def _frame(self, array: np.ndarray, sensor_ns: int, scaled: np.ndarray | None = None) -> Frame:
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
             raise SourceError(
                 f"{self.description}: expected an HxWx3 uint8 {MAIN_FORMAT} frame, got {array.dtype} {array.shape}"
@@ -288,7 +323,7 @@ class Picamera2Source:
         # make_array copies out of the camera's buffer and strips row padding; this only guards contiguity.
         image = np.ascontiguousarray(array)
         wall_s, monotonic_s = sensor_stamps(sensor_ns, ClockSample.now())
-        frame = Frame(image, wall_s, monotonic_s, self._index)
+        frame = Frame(image, wall_s, monotonic_s, self._index, scaled)
         self._index += 1
         return frame
 

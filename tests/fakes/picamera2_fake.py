@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
 _HFLIP, _VFLIP, _TRANSPOSE = 1, 2, 4
@@ -233,7 +234,11 @@ class CompletedRequest:
         self.request: Any = object()  # the libcamera request; None once recycled
         self.ref_count = 1
         self.config = dict(picam2.camera_config or {})
-        self.stream_map = {"main": "main-stream", "lores": None, "raw": None}
+        self.stream_map = {
+            "main": "main-stream",
+            "lores": "lores-stream" if self.config.get("lores") else None,
+            "raw": None,
+        }
         self.sequence = sequence
         self._buffer_index = buffer_index
         self._metadata = metadata
@@ -266,12 +271,17 @@ class CompletedRequest:
         if self.stream_map.get(name) is None:
             raise RuntimeError(f"Stream {name!r} is not defined")
         # np.array copies, as the real make_buffer does from the mmapped dma-buf.
-        return np.array(self.picam2._buffers[self._buffer_index], dtype=np.uint8)
+        buffers = self.picam2._lores_buffers if name == "lores" else self.picam2._buffers
+        return np.array(buffers[self._buffer_index], dtype=np.uint8)
 
     def make_array(self, name: str) -> np.ndarray:
-        """Helpers.make_array for the RGB formats: reshape, dropping the padding at the end of each row."""
+        """Helpers.make_array for the RGB formats: reshape, dropping the padding at the end of each row.
+        YUV420 comes back as picamera2 gives it: (height * 3/2, stride) rows, the planes one after another."""
         array = self.make_buffer(name)
         config = self.config[name]
+        if config["format"] == "YUV420":
+            width_px, height_px = config["size"]
+            return array.reshape((height_px * 3 // 2, config["stride"]))
         width_px, height_px = config["size"]
         stride = config["stride"]
         bytes_per_px = PIXEL_LAYOUTS[config["format"]][1]
@@ -426,6 +436,17 @@ class Picamera2:
         self._frame_ns = max(int(limits[0]), self.system.sensor_min_frame_duration_us) * 1000
         count = int(config["buffer_count"])
         self._buffers = [np.full(main["framesize"], _PADDING_BYTE, dtype=np.uint8) for _ in range(count)]
+        lores = config.get("lores")
+        if lores is not None:
+            # The Pi 4 ISP: lores is YUV420 only, no larger than main; rows aligned to 64 bytes.
+            if lores["format"] != "YUV420":
+                raise RuntimeError(f"lores stream must be YUV420 on this platform, not {lores['format']}")
+            width, height = lores["size"]
+            if width > size[0] or height > size[1] or width % 2 or height % 2:
+                raise RuntimeError(f"lores size {lores['size']} must be even and no larger than main {size}")
+            lores["stride"] = -(-width // 64) * 64
+            lores["framesize"] = lores["stride"] * height * 3 // 2
+        self._lores_buffers = [np.zeros(lores["framesize"] if lores else 0, np.uint8) for _ in range(count)]
         self._free_buffers = list(range(count))
         self.camera_config = config
         self.configure_count += 1
@@ -577,6 +598,7 @@ class Picamera2:
             return  # the camera had nowhere to put this frame: it is lost
         buffer_index = self._free_buffers.pop(0)
         self._render(self._buffers[buffer_index])
+        self._render_lores(self._lores_buffers[buffer_index])
         sensor_ns = self._start_ns + sequence * self._frame_ns
         metadata = {
             "SensorTimestamp": sensor_ns,
@@ -611,6 +633,28 @@ class Picamera2:
         pixels = rows[:, : width_px * bytes_per_px].reshape((height_px, width_px, bytes_per_px))
         for position, channel in enumerate(order):
             pixels[..., position] = 255 if channel == "X" else channels[channel]
+
+    def _render_lores(self, buffer: np.ndarray) -> None:
+        """The ISP's second output: the same scene scaled to the lores size, as I420 planes."""
+        assert self.camera_config is not None
+        lores = self.camera_config.get("lores")
+        if lores is None:
+            return
+        width_px, height_px = lores["size"]
+        # The ISP scales the sensor image the main stream shows; INTER_AREA stands in for its filter.
+        scene = np.ascontiguousarray(self.system.scene_for(*self.camera_config["main"]["size"]))
+        rgb = cv2.resize(scene, (width_px, height_px), interpolation=cv2.INTER_AREA)
+        transform: Transform = self.camera_config["transform"]
+        if transform.hflip:
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+        if transform.vflip:
+            rgb = np.ascontiguousarray(rgb[::-1])
+        planes = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1)
+        stride = lores["stride"]
+        if stride == width_px:
+            buffer[:] = planes
+        else:  # not needed by edgepose's sizes; the layout would interleave padded rows per plane
+            raise AssertionError("the fake models lores rows without padding only")
 
     def _return_buffer(self, buffer_index: int) -> None:
         # The camera reuses the buffer for a later frame; scribble on it so stale views would show.
