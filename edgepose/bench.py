@@ -319,7 +319,9 @@ def run(
     mqtt_address: str | None,
     paced_fps: float,
     json_path: Path | None,
+    conditions: str = "",
 ) -> dict[str, Any]:
+    load_before = _load_average()
     manifest = load_manifest()
     model_path = resolve_model(model, default_model_dir(), manifest).path
     broker: LocalBroker | None = None
@@ -354,6 +356,9 @@ def run(
         "frames": frames,
         "source": source,
         "mqtt": f"{broker_host}:{broker_port} ({'external' if mqtt_address else 'private mosquitto'})",
+        # Other load inflates CPU per frame and makes rates meaningless: say what the machine was doing.
+        "conditions": conditions,
+        "load_average_1min": {"start": load_before, "end": _load_average()},
         "rows": [asdict(row) for row in rows],
     }
     print_table(rows)
@@ -362,6 +367,13 @@ def run(
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {json_path}")
     return report
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _bench_one(

@@ -95,6 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--paced-fps", type=float, default=30.0, help="also run a source paced at this rate (0: skip)")
     bench.add_argument("--mqtt", metavar="HOST:PORT", help="broker to use (default: a private mosquitto)")
     bench.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+    bench.add_argument("--conditions", default="", metavar="TEXT", help="what else loaded the machine (in the JSON)")
 
     watch = commands.add_parser("watch", help="live view of a fleet's keypoints streams (an MQTT consumer)")
     watch.add_argument("--mqtt", required=True, metavar="HOST:PORT", help="the broker")
@@ -283,7 +284,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.frames < 10:
         raise UsageError(f"--frames {args.frames}: must be at least 10")
     threads = args.threads or [os.cpu_count() or 1]
-    run(args.model, args.runtimes or ["auto"], threads, args.frames, args.source, args.mqtt, args.paced_fps, args.json)
+    run(
+        args.model,
+        args.runtimes or ["auto"],
+        threads,
+        args.frames,
+        args.source,
+        args.mqtt,
+        args.paced_fps,
+        args.json,
+        args.conditions,
+    )
     return EXIT_OK
 
 
