@@ -6,6 +6,7 @@ slice, to the components that need it. Nothing reads configuration from a global
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -369,6 +370,63 @@ class LoggingConfig(_Section):
     status_interval_s: float = Field(5.0, ge=0, description="one-line status log; 0 = off")
 
 
+class WebConfig(_Section):
+    """The live view: a small HTTP server with the annotated camera picture (see docs/web.md)."""
+
+    enabled: bool = True
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT or [IPv6]:PORT")
+    max_clients: int = Field(4, ge=1, le=64, description="concurrent /stream.mjpg viewers")
+    max_fps: float = Field(15.0, gt=0, le=60, description="stream frame rate cap (encoding costs CPU)")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+    username: str = Field("edgepose", min_length=1, pattern=r"^[^:]+$")
+    password_file: Path | None = None
+    password_credential: str | None = Field(
+        None, description="name of a systemd credential (LoadCredential=) holding the password"
+    )
+    allow_anonymous: bool = Field(False, description="serve a non-loopback listen address without a password")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        listen_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _private_by_default(self) -> WebConfig:
+        host, _ = listen_address(self.listen)
+        has_password = self.password_file is not None or self.password_credential is not None
+        if self.enabled and not is_loopback(host) and not has_password and not self.allow_anonymous:
+            raise ValueError(
+                f"listen {self.listen} is reachable from the network and camera images are private: "
+                "set web.password_file or web.password_credential, or web.allow_anonymous: true"
+            )
+        return self
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' as (host, port); ValueError naming the problem."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"'{value}' is not HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"'{value}': write an IPv6 address in brackets, e.g. [::1]:8080")
+    # Port 0 lets the kernel pick a free one (tests; the log says which).
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"'{value}': port must be 0..65535")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
 def default_device_id(hostname: str | None = None, machine_id_paths: Sequence[Path] = MACHINE_ID_PATHS) -> str:
     """The hostname, unless it is one every stock image shares: then made unique by the machine id."""
     name = socket.gethostname() if hostname is None else hostname
@@ -398,6 +456,7 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,18 +669,27 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
 
 def read_mqtt_password(mqtt: MqttConfig) -> str | None:
     """The broker password from a systemd credential or a file, never from the YAML itself."""
-    if mqtt.password_credential:
+    return read_password(mqtt.password_credential, mqtt.password_file, "mqtt")
+
+
+def read_web_password(web: WebConfig) -> str | None:
+    """The live view's HTTP Basic password, from a systemd credential or a file."""
+    return read_password(web.password_credential, web.password_file, "web")
+
+
+def read_password(credential: str | None, file: Path | None, section: str) -> str | None:
+    if credential:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise ConfigError(
                 [
-                    f"(env):0: mqtt.password_credential: CREDENTIALS_DIRECTORY is not set; "
-                    f"run under systemd with LoadCredential={mqtt.password_credential}:/path"
+                    f"(env):0: {section}.password_credential: CREDENTIALS_DIRECTORY is not set; "
+                    f"run under systemd with LoadCredential={credential}:/path"
                 ]
             )
-        return _read_secret(Path(directory) / mqtt.password_credential, "mqtt.password_credential")
-    if mqtt.password_file:
-        return _read_secret(mqtt.password_file, "mqtt.password_file")
+        return _read_secret(Path(directory) / credential, f"{section}.password_credential")
+    if file:
+        return _read_secret(file, f"{section}.password_file")
     return None
 
 

@@ -88,3 +88,9 @@ class BrokerError(EdgeposeError):
     """The MQTT broker cannot be reached or refused us (tools that need it now: watch, fleet-sim)."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class WebError(EdgeposeError):
+    """The live view cannot serve (e.g. its listen address is taken)."""
+
+    exit_code = EXIT_UNAVAILABLE
