@@ -126,6 +126,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--loss-percent", type=float, default=0.0, metavar="P", help="drop P%% of keypoints (seq gaps)")
     sim.add_argument("--seed", type=int, default=0, help="seed for --loss-percent")
 
+    doctor = commands.add_parser("doctor", help="check this machine: camera, runtime, Coral, models, broker, power")
+    doctor.add_argument("-c", "--config", type=Path, help="YAML config (default: as `run`)")
+    doctor.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    doctor.add_argument("--json", action="store_true", help='print {"checks": [{"name", "status", "detail", "fix"}]}')
+    # Read /proc, /sys, /dev and /etc under this directory instead of / (tests, and a Pi's SD card).
+    doctor.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+
     models = commands.add_parser("models", help="list and fetch models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     model_commands.add_parser("list", help="models in the manifest and whether they are fetched")
@@ -177,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_watch(args)
         if args.command == "fleet-sim":
             return _cmd_fleet_sim(args)
+        if args.command == "doctor":
+            return _cmd_doctor(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"edgepose: config error: {problem}", file=sys.stderr)
@@ -376,6 +385,18 @@ def _cmd_fleet_sim(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise OutputError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
     return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from edgepose.doctor import Host, default_path_for_doctor, exit_code, render, run_checks
+
+    logging.getLogger().setLevel(logging.ERROR)  # the report is the output; library chatter is not
+    checks = run_checks(default_path_for_doctor(args.config), args.overrides, Host(root=args.root))
+    if args.json:
+        print(json.dumps({"checks": [check.as_json() for check in checks]}, indent=2))
+    else:
+        print(render(checks))
+    return exit_code(checks)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
