@@ -178,6 +178,7 @@ def measure_pipeline(
     broker_host: str,
     broker_port: int,
     timeout_s: float,
+    overrides: Sequence[str] = (),
 ) -> PipelineResult:
     """The daemon, as systemd would start it, from `source` to a subscriber on the broker."""
     device_id = f"bench-{os.getpid()}-{threads}-{runtime_choice}"
@@ -188,6 +189,9 @@ def measure_pipeline(
         "--set", f"mqtt.host={broker_host}", "--set", f"mqtt.port={broker_port}",
         "--set", f"device_id={device_id}", "--set", "logging.status_interval_s=0",
         "--set", "logging.level=WARNING", "--set", "health.interval_s=5",
+        # The live view runs as it would by default (no viewer), on a free port: benches may overlap.
+        "--set", "web.listen=127.0.0.1:0",
+        *(arg for override in overrides for arg in ("--set", override)),
     ]  # fmt: skip
     topic = f"edgepose/{device_id}/keypoints"
     return _measure_process(command, topic, source, broker_host, broker_port, timeout_s)

@@ -7,6 +7,7 @@ disconnect, close the source.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -41,6 +42,7 @@ from edgepose.pipeline import (
     Invoked,
     InvokeLoop,
     LatestFrameSlot,
+    LiveSink,
     PrepareLoop,
     PublishLoop,
     SequentialSlot,
@@ -221,6 +223,7 @@ class Daemon:
             max_publish_fps=config.publish.max_fps,
             publish_empty=config.publish.include_empty,
             payload_format=PayloadFormat(config.publish.format),
+            live=self._live_sink(bundle),
         )
         publish.seq = self._seq
         self._publish_loop = publish
@@ -235,6 +238,14 @@ class Daemon:
         for thread in threads:
             thread.start()
         return PipelineThreads(stop, invoke_stop, publish_stop, prepare, threads)
+
+    @staticmethod
+    def _live_sink(bundle: Bundle) -> LiveSink | None:
+        """The live view's intake, told the threshold below which the drawing fades joints."""
+        feed = bundle.live_feed
+        if feed is None:
+            return None
+        return functools.partial(feed.offer, score_threshold=bundle.config.model.score_threshold)
 
     def _frames_left(self) -> int | None:
         if self.max_frames is None:

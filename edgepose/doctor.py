@@ -27,7 +27,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgepose.config import Config, default_config_path, load_config, read_mqtt_password
+from edgepose.config import (
+    AutoSpec,
+    Config,
+    SourceKind,
+    V4l2Spec,
+    default_config_path,
+    load_config,
+    read_mqtt_password,
+)
 from edgepose.errors import ConfigError, EdgeposeError
 
 BROKER_TIMEOUT_S = 4.0
@@ -177,7 +185,8 @@ def check_numpy(host: Host) -> Check:
 
 
 def check_picamera2(host: Host, config: Config | None) -> Check:
-    wanted = config is None or config.camera.source in ("auto", "picamera2")
+    kind = config.camera.source.kind if config is not None else SourceKind.AUTO
+    wanted = kind in (SourceKind.AUTO, SourceKind.PICAMERA2)
     try:
         module = host.import_module("picamera2")
     except Exception as exc:  # a broken build raises anything from ImportError to numpy's ValueError
@@ -193,7 +202,7 @@ def check_picamera2(host: Host, config: Config | None) -> Check:
     except Exception as exc:  # libcamera errors surface as RuntimeError or its own types
         return Check("picamera2", Status.FAIL, f"listing cameras failed: {exc}", "check the camera cable; reboot")
     if not cameras:
-        status = Status.FAIL if wanted and config is not None and config.camera.source == "picamera2" else Status.WARN
+        status = Status.FAIL if kind is SourceKind.PICAMERA2 else Status.WARN
         return Check(
             "picamera2",
             status,
@@ -212,15 +221,15 @@ def check_v4l2(host: Host, config: Config | None) -> Check:
     for node in nodes:
         name = host.read(f"/sys/class/video4linux/{node.name}/name")
         named.append(f"{node.name} ({name})" if name else node.name)
-    source = config.camera.source if config is not None else ""
-    needs_v4l2 = source.startswith(("v4l2:", "usb:"))
+    source = config.camera.source if config is not None else AutoSpec()
+    needs_v4l2 = source.kind in (SourceKind.V4L2, SourceKind.USB)
     if not nodes:
         if needs_v4l2:
             return Check(
                 "v4l2", Status.FAIL, f"camera.source is {source} but there is no /dev/video*", "plug in the camera"
             )
         return Check("v4l2", Status.PASS, "no V4L2 devices (not needed by camera.source)")
-    if source.startswith("v4l2:") and not host.path(source.split(":", 1)[1]).exists():
+    if isinstance(source, V4l2Spec) and not host.path(source.device).exists():
         return Check("v4l2", Status.FAIL, f"{source} does not exist; present: {', '.join(named)}", "set camera.source")
     return Check("v4l2", Status.PASS, ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else ""))
 

@@ -27,20 +27,30 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from edgepose.config import Config, read_mqtt_password
-from edgepose.errors import EdgeposeError
+from edgepose.config import (
+    Config,
+    is_loopback,
+    listen_address,
+    read_mqtt_password,
+    read_web_password,
+)
+from edgepose.errors import ConfigError, EdgeposeError, WebError
 from edgepose.inference.backends import cpu_build, model_label, select_backend
 from edgepose.inference.runtime import InferenceBackend, load_runtime
 from edgepose.inference.stage import Mode, PoseStage, build_stage
 from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
-from edgepose.mqtt.payloads import HealthReport
+from edgepose.mqtt.payloads import HealthReport, health_payload
 from edgepose.mqtt.publisher import MqttPublisher
 from edgepose.mqtt.topics import Topics
 from edgepose.sources.base import FrameSource
 from edgepose.sources.factory import open_source
 from edgepose.threadtune import pick_threads
+from edgepose.web.live import LiveFeed
+
+if TYPE_CHECKING:
+    from edgepose.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +242,62 @@ def _build_publisher_part(
     return started(build_publisher(config))
 
 
+# -- the live view --------------------------------------------------------------------------------
+
+
+def _build_web_part(config: Config, parts: Mapping[str, object], host: Host) -> AbstractContextManager[object]:
+    """The web server, started; None when `web.enabled` is false or its address cannot be bound.
+
+    A taken port does not stop the daemon: publishing poses is its job, the live view a help to
+    aim the camera. The error is logged; a reload with another `web.listen` tries again.
+    """
+    if not config.web.enabled:
+        return contextlib.nullcontext(None)
+    from edgepose.web.server import WebServer  # aiohttp is imported only when the live view is on
+
+    password = read_web_password(config.web)
+    if password is None and not is_loopback(listen_address(config.web.listen)[0]) and not config.web.allow_anonymous:
+        # The validator saw a password source; it turned out empty. Never serve the LAN without one.
+        raise ConfigError([f"web: the password for {config.web.listen} is empty; put one in the file or credential"])
+    server = WebServer(
+        config.web,
+        LiveFeed(),
+        lambda: health_payload(host.health_report()),
+        config.device_id,
+        password,
+    )
+    try:
+        server.start()
+    except WebError as exc:
+        log.error("live view off: %s", exc)
+        return contextlib.nullcontext(None)
+    return contextlib.closing(server)
+
+
+@contextlib.contextmanager
+def _lend_web_port(old: object, old_config: Config, new_config: Config) -> Iterator[None]:
+    """The new server may listen on the old one's address: stop the old one first, restart it if the reload fails."""
+    server: WebServer | None = old  # type: ignore[assignment]
+    if server is None:
+        yield
+        return
+    server.close()
+    try:
+        yield
+    except BaseException:
+        try:
+            server.start()
+        except WebError as exc:
+            log.error("live view off after the failed reload: %s", exc)
+        raise
+
+
 # -- the bundle -----------------------------------------------------------------------------------
 
 MODEL = "model"
 SOURCE = "source"
 PUBLISHER = "publisher"
+WEB = "web"
 
 # Build order; closing runs in reverse (extra parts first, the model last).
 PARTS: tuple[PartSpec, ...] = (
@@ -245,6 +306,13 @@ PARTS: tuple[PartSpec, ...] = (
     ),
     PartSpec(SOURCE, key=_source_key, needs=(), build=_build_source_part, handover=_lend_camera),
     PartSpec(PUBLISHER, key=lambda c: (c.mqtt, c.device_id), needs=(), build=_build_publisher_part),
+    PartSpec(
+        WEB,
+        key=lambda c: (c.web, c.device_id),
+        needs=(),
+        build=_build_web_part,
+        handover=_lend_web_port,
+    ),
     # Later parts (a web server, an MQTT command handler) go here; see the module docstring.
 )
 
@@ -281,6 +349,13 @@ class Bundle:
     @property
     def publisher(self) -> MqttPublisher:
         return self.part(PUBLISHER, MqttPublisher)
+
+    @property
+    def live_feed(self) -> LiveFeed | None:
+        """Where the pipeline offers finished frames for the live view; None without one."""
+        web = self._parts.get(WEB)
+        feed = getattr(web, "feed", None)
+        return feed if isinstance(feed, LiveFeed) else None
 
     def part(self, name: str, kind: type[T]) -> T:
         value = self._parts[name]

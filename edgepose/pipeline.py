@@ -347,8 +347,12 @@ class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool: ...
 
 
+# Takes every finished frame with its result (the web live view's LiveFeed.offer); must never block.
+LiveSink = Callable[[np.ndarray, InferenceResult], None]
+
+
 class PublishLoop:
-    """Finishes each invoked frame (decode, crop, smoothing) and publishes it.
+    """Finishes each invoked frame (decode, crop, smoothing), offers it to the live view, publishes it.
 
     `seq` counts every keypoints message attempted, so gaps show loss to a subscriber.
     """
@@ -366,8 +370,10 @@ class PublishLoop:
         max_publish_fps: float = 0.0,
         publish_empty: bool = True,
         payload_format: PayloadFormat = PayloadFormat.JSON,
+        live: LiveSink | None = None,
     ) -> None:
         self.invoked = invoked
+        self.live = live
         self.stage = stage
         self.publisher = publisher
         self.topic = topic
@@ -399,6 +405,8 @@ class PublishLoop:
                 log.error("decoding failed: %s", exc)
                 continue
             record_timings(self.stats, result.timings)
+            if self.live is not None:
+                self.live(item.prepared.frame.image, result)
             self.publish_one(result)
 
     def publish_one(self, result: InferenceResult) -> None:

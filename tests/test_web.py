@@ -96,7 +96,7 @@ def _start(tmp_path: Path, **web: Any) -> Iterator[Live]:
         calls.append(time.monotonic())
         return {"state": "running", "device_id": "test", "fps": {"inference": 30.0}}
 
-    server = WebServer(config, feed, health, "test", 0.2, password, write_timeout_s=write_timeout_s)
+    server = WebServer(config, feed, health, "test", password, write_timeout_s=write_timeout_s)
     feeder.thread.start()
     try:
         with server:
@@ -216,7 +216,7 @@ def test_health_and_keypoints_json(live: Live) -> None:
 
 def test_no_frame_yet_is_a_json_503(tmp_path: Path) -> None:
     feed = LiveFeed()
-    with WebServer(WebConfig(listen="127.0.0.1:0"), feed, dict, "test", 0.2, None) as server:
+    with WebServer(WebConfig(listen="127.0.0.1:0"), feed, dict, "test", None) as server:
         for path in ("/snapshot.jpg", "/api/keypoints"):
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
             connection.request("GET", path)
@@ -356,7 +356,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = WebServer(WebConfig(listen=f"127.0.0.1:{port}"), LiveFeed(), dict, "t", 0.2, None)
+        server = WebServer(WebConfig(listen=f"127.0.0.1:{port}"), LiveFeed(), dict, "t", None)
         with pytest.raises(WebError, match=f"web.listen 127.0.0.1:{port}: cannot listen"):
             server.start()
     assert free_port()

@@ -25,12 +25,12 @@ def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     return data.tobytes()
 
 
-def render_jpeg(frame: LiveFrame, quality: int, score_threshold: float, raw: bool = False) -> bytes:
+def render_jpeg(frame: LiveFrame, quality: int, raw: bool = False) -> bytes:
     """The frame as JPEG, with its poses and crop box drawn unless `raw`."""
     if raw:
         return encode_jpeg(frame.image_rgb, quality)
     result = frame.result
-    return encode_jpeg(annotate(frame.image_rgb, result.poses, result.crop, score_threshold), quality)
+    return encode_jpeg(annotate(frame.image_rgb, result.poses, result.crop, frame.score_threshold), quality)
 
 
 class StreamEncoder:
@@ -42,13 +42,11 @@ class StreamEncoder:
         deliver: Callable[[int, bytes], None],
         max_fps: float,
         quality: int,
-        score_threshold: float,
     ) -> None:
         self._feed = feed
         self._deliver = deliver  # called on this thread with (frame seq, jpeg)
         self._interval_s = 1.0 / max_fps
         self._quality = quality
-        self._score_threshold = score_threshold
         self._lock = threading.Lock()
         self._viewers = 0
         self._watched = threading.Event()
@@ -79,7 +77,7 @@ class StreamEncoder:
             if frame is None or not self._watched.is_set():
                 continue
             started_s = time.monotonic()
-            jpeg = render_jpeg(frame, self._quality, self._score_threshold)
+            jpeg = render_jpeg(frame, self._quality)
             self.encode_ms_last = (time.monotonic() - started_s) * 1e3
             self.frames_encoded += 1
             last_seq = frame.seq

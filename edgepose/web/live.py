@@ -20,6 +20,7 @@ class LiveFrame:
     seq: int
     image_rgb: np.ndarray
     result: InferenceResult
+    score_threshold: float  # joints below it are drawn faded
 
 
 class LiveFeed:
@@ -30,11 +31,11 @@ class LiveFeed:
         self._latest: LiveFrame | None = None
         self._seq = 0
 
-    def offer(self, image_rgb: np.ndarray, result: InferenceResult) -> None:
+    def offer(self, image_rgb: np.ndarray, result: InferenceResult, score_threshold: float = 0.2) -> None:
         """Called by the pipeline for every finished frame: stores references, never copies or waits."""
         with self._condition:
             self._seq += 1
-            self._latest = LiveFrame(self._seq, image_rgb, result)
+            self._latest = LiveFrame(self._seq, image_rgb, result, score_threshold)
             self._condition.notify_all()
 
     def latest(self) -> LiveFrame | None:

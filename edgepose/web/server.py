@@ -68,22 +68,20 @@ class WebServer:
         feed: LiveFeed,
         health: Callable[[], dict[str, Any]],
         device_id: str,
-        score_threshold: float,
         password: str | None,
         write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.config = config
-        self._feed = feed
+        self.feed = feed
         self._health = health
         self._device_id = device_id
-        self._score_threshold = score_threshold
         self._credentials = f"{config.username}:{password}".encode() if password else None
         self._write_timeout_s = write_timeout_s
         self._assets = {
             path: ((resources.files("edgepose.web") / "assets" / name).read_bytes(), kind)
             for path, (name, kind) in ASSETS.items()
         }
-        self._encoder = StreamEncoder(feed, self._on_jpeg, config.max_fps, config.jpeg_quality, score_threshold)
+        self._encoder = self._new_encoder()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._threads: list[threading.Thread] = []
@@ -98,7 +96,13 @@ class WebServer:
     # -- lifecycle (called from the daemon's thread) --------------------------------------------
 
     def start(self) -> None:
+        """Bind and serve; WebError when the address cannot be bound. Startable again after close()."""
         host, port = listen_address(self.config.listen)
+        self._stop = threading.Event()
+        self._closing = False
+        self._viewers = set()
+        self._latest_jpeg = None
+        self._encoder = self._new_encoder()
         loop = asyncio.new_event_loop()
         self._loop = loop
         loop_thread = threading.Thread(target=loop.run_forever, name="edgepose-web", daemon=True)
@@ -116,6 +120,10 @@ class WebServer:
         self._threads.append(encoder)
         auth = "HTTP Basic auth" if self._credentials else "no password"
         log.info("live view on http://%s/ (%s)", _url_host(host, self.port), auth)
+
+    def _new_encoder(self) -> StreamEncoder:
+        web = self.config
+        return StreamEncoder(self.feed, self._on_jpeg, web.max_fps, web.jpeg_quality)
 
     def close(self) -> None:
         self._stop.set()
@@ -173,6 +181,8 @@ class WebServer:
             event.set()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+        await asyncio.get_running_loop().shutdown_default_executor()
 
     def _on_jpeg(self, seq: int, jpeg: bytes) -> None:
         """From the encoder thread: hand the new frame to the loop, which wakes every stream."""
@@ -264,7 +274,7 @@ class WebServer:
         return response
 
     async def _snapshot(self, request: web.Request) -> web.Response:
-        frame = self._feed.latest()
+        frame = self.feed.latest()
         if frame is None:
             return _no_frame()
         raw = request.query.get("raw", "0") not in ("0", "", "false")
@@ -277,7 +287,7 @@ class WebServer:
         return web.Response(body=jpeg, headers={"Content-Type": "image/jpeg"})
 
     def _render(self, frame: LiveFrame, raw: bool) -> bytes:
-        return render_jpeg(frame, self.config.jpeg_quality, self._score_threshold, raw)
+        return render_jpeg(frame, self.config.jpeg_quality, raw)
 
     async def _api_health(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
@@ -285,7 +295,7 @@ class WebServer:
         return _json(payload | {"web": self.stats()})
 
     async def _api_keypoints(self, request: web.Request) -> web.Response:
-        frame = self._feed.latest()
+        frame = self.feed.latest()
         if frame is None:
             return _no_frame()
         result = frame.result

@@ -22,7 +22,8 @@ async function refreshHealth() {
     $("fps").textContent = fmt(h.fps && h.fps.inference, 1, " fps");
     const latency = h.latency_ms && h.latency_ms.capture_to_publish;
     $("latency").textContent = fmt(latency && latency.p50, 1, " ms");
-    $("backend").textContent = h.backend + (h.backend_reason ? " (" + h.backend_reason + ")" : "");
+    $("backend").textContent = h.backend;
+    $("backend").title = h.backend_reason || "";
     $("model").textContent = h.model || "–";
     $("mqtt").textContent = h.mqtt && h.mqtt.connected ? "connected" : "disconnected";
   } catch (error) {
