@@ -36,7 +36,7 @@ models: $(STAMP)
 	$(BIN)/edgepose models fetch $(MODELS)
 
 run: models
-	MQTT_PORT=$(MQTT_PORT) EDGEPOSE=$(BIN)/edgepose scripts/run_demo.sh
+	MQTT_PORT=$(MQTT_PORT) EDGEPOSE=$(BIN)/edgepose EDGEPOSE_PYTHON=$(BIN)/python scripts/run_demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgepose tests bench scripts

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgepose.localbroker import LocalBroker, mosquitto_binary
+from edgepose.localbroker import LocalBroker, broker_description, mosquitto_binary
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEPOSE_SHARED_DIR", REPO.parent / "shared"))
@@ -28,6 +28,24 @@ POSE_DATA = SHARED / "testdata" / "pose"
 MODEL_MIRROR = SHARED / "models"
 LIGHTNING = "movenet_lightning_int8"
 LIGHTNING_EDGETPU = "movenet_lightning_int8_edgetpu"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"MQTT broker for the tests: {broker_description()}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # Also at the end, where `make test` (pytest -q) shows it: which broker this run really used.
+    terminalreporter.write_line(f"MQTT broker for the tests: {broker_description()}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if mosquitto_binary() is not None:
+        return
+    skip = pytest.mark.skip(reason="needs MQTT v5; the embedded amqtt broker (no mosquitto installed) speaks 3.1.1")
+    for item in items:
+        if "needs_mqtt5" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,13 +95,14 @@ def truth_images() -> list[TruthImage]:
 
 
 class Broker(LocalBroker):
-    """A real mosquitto on a free loopback port, startable and stoppable by the test."""
+    """A real broker on a free loopback port (mosquitto, else the embedded amqtt), startable and
+    stoppable by the test."""
 
 
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Any]:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed (apt install mosquitto); .ci/run installs it")
+    if mosquitto_binary() is None and broker_description().startswith("none"):
+        pytest.fail("no MQTT broker: install mosquitto (.ci/run does) or amqtt (in the dev extra)")
     brokers: list[Broker] = []
 
     def make(start: bool = True) -> Broker:
