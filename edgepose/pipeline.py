@@ -351,6 +351,24 @@ class Publisher(Protocol):
 LiveSink = Callable[[np.ndarray, InferenceResult], None]
 
 
+def keypoints_message(result: InferenceResult, device_id: str, seq: int) -> KeypointsMessage:
+    """The keypoints message for a finished frame, its latency measured up to now."""
+    return KeypointsMessage(
+        device_id=device_id,
+        seq=seq,
+        timestamp_s=result.frame_timestamp_s,
+        frame_width_px=result.frame_width_px,
+        frame_height_px=result.frame_height_px,
+        model=result.model,
+        backend=result.backend,
+        inference_ms=result.inference_ms,
+        capture_to_publish_ms=(time.monotonic() - result.frame_monotonic_s) * 1e3,
+        poses=result.poses,
+        crop=result.crop,
+        smoothed=result.smoothed,
+    )
+
+
 class PublishLoop:
     """Finishes each invoked frame (decode, crop, smoothing), offers it to the live view, publishes it.
 
@@ -419,20 +437,7 @@ class PublishLoop:
                 return
             self._next_publish_s = result.frame_monotonic_s + self.min_publish_interval_s
         start = time.perf_counter()
-        message = KeypointsMessage(
-            device_id=self.device_id,
-            seq=self.seq,
-            timestamp_s=result.frame_timestamp_s,
-            frame_width_px=result.frame_width_px,
-            frame_height_px=result.frame_height_px,
-            model=result.model,
-            backend=result.backend,
-            inference_ms=result.inference_ms,
-            capture_to_publish_ms=(time.monotonic() - result.frame_monotonic_s) * 1e3,
-            poses=result.poses,
-            crop=result.crop,
-            smoothed=result.smoothed,
-        )
+        message = keypoints_message(result, self.device_id, self.seq)
         self.seq += 1
         if self.publisher.publish(self.topic, keypoints_bytes(message, self.payload_format), self.qos):
             counters.frames_published += 1

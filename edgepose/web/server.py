@@ -19,7 +19,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -28,7 +27,8 @@ from aiohttp import web
 
 from edgepose.config import WebConfig, listen_address
 from edgepose.errors import WebError
-from edgepose.mqtt.payloads import KeypointsMessage, keypoints_payload
+from edgepose.mqtt.payloads import keypoints_payload
+from edgepose.pipeline import keypoints_message
 from edgepose.web.encoder import StreamEncoder, render_jpeg
 from edgepose.web.live import LiveFeed, LiveFrame
 
@@ -298,21 +298,8 @@ class WebServer:
         frame = self.feed.latest()
         if frame is None:
             return _no_frame()
-        result = frame.result
-        message = KeypointsMessage(
-            device_id=self._device_id,
-            seq=frame.seq,
-            timestamp_s=result.frame_timestamp_s,
-            frame_width_px=result.frame_width_px,
-            frame_height_px=result.frame_height_px,
-            model=result.model,
-            backend=result.backend,
-            inference_ms=result.inference_ms,
-            capture_to_publish_ms=(time.monotonic() - result.frame_monotonic_s) * 1e3,
-            poses=result.poses,
-            crop=result.crop,
-            smoothed=result.smoothed,
-        )
+        # seq counts the frames the live view was offered; the latency runs up to this request.
+        message = keypoints_message(frame.result, self._device_id, frame.seq)
         return _json(keypoints_payload(message))
 
 
