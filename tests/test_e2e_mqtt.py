@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from edgepose.localbroker import free_port
 from edgepose.sources.images import read_rgb
 from tests.conftest import Broker, TruthImage, edgepose_command, edgepose_env, run_edgepose, write_video
 from tests.test_accuracy import UPSTREAM_TOLERANCE_PX
@@ -138,20 +140,40 @@ def test_status_offline_is_retained_after_clean_stop(
     assert json.loads(health)["state"] == "stopping"
 
 
+def _frames_inferred(web_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/health", timeout=2) as response:
+            return int(json.loads(response.read())["counters"]["frames_inferred"])
+    except OSError:
+        return 0
+
+
 def test_broker_absent_at_start_then_started(
     broker_factory: Any, subscribe: Any, people_video: Path, model_dir: Path
 ) -> None:
     broker = broker_factory(start=False)
+    web_port = free_port()
     process = subprocess.Popen(
-        edgepose_command(*_run_args(broker, f"file:{people_video}", "late"), "--set", "mqtt.reconnect_max_s=1"),
+        edgepose_command(
+            *_run_args(broker, f"file:{people_video}", "late"),
+            "--set",
+            "mqtt.reconnect_max_s=1",
+            "--set",
+            f"web.listen=127.0.0.1:{web_port}",
+        ),
         env=edgepose_env(model_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(2.5)  # inferring with no broker
-        assert process.poll() is None, process.communicate()[1]
+        # Inferring with no broker: the live view's health says when frames go through (a fixed
+        # sleep is too short when the machine is busy and startup is slow).
+        deadline = time.monotonic() + 60
+        while _frames_inferred(web_port) < 10:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "no frames inferred within 60 s"
+            time.sleep(0.2)
         broker.start()
         collector = subscribe(broker)
         keypoints = collector.wait_for("late/keypoints", 5, timeout_s=15)
