@@ -63,7 +63,7 @@ mutants: models
 # default on; raw loop, daemon and serial loop side by side. About 5 minutes on a quiet 2-core x86_64
 # (bounded: each run times out). Commit bench/results/latest.json under a name saying the machine.
 BENCH_FRAMES ?= 10000
-BENCH_CONDITIONS ?= quiet machine
+BENCH_CONDITIONS ?= not stated (pass BENCH_CONDITIONS="...")
 bench: models
 	$(BIN)/edgepose bench --threads 1 2 --frames $(BENCH_FRAMES) --paced-fps 30 \
 		--conditions "$(BENCH_CONDITIONS)" --json bench/results/latest.json
