@@ -13,8 +13,9 @@ readonly CORAL_KEYRING=/usr/share/keyrings/coral-edgetpu.gpg
 readonly CORAL_LIST=/etc/apt/sources.list.d/coral-edgetpu.list
 readonly CORAL_REPO_LINE="deb [signed-by=${CORAL_KEYRING}] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
 # picamera2 and libcamera come from apt (they are built against the system libcamera and
-# cannot be pip-installed); python3-systemd gives the daemon sd_notify and the journal.
-readonly APT_PACKAGES=(python3-venv python3-pip python3-systemd)
+# cannot be pip-installed); python3-systemd gives the daemon sd_notify and the journal; procps
+# has /bin/kill, which the unit's ExecReload runs (minimal images leave it out).
+readonly APT_PACKAGES=(python3-venv python3-pip python3-systemd procps)
 readonly APT_CAMERA_PACKAGE=python3-picamera2
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,7 +39,7 @@ Usage: sudo scripts/install_pi.sh [OPTIONS]
 
 Installs edgepose from this source tree as the systemd service edgepose.service:
   apt packages   python3-picamera2 (when the distribution has it), python3-venv, python3-pip,
-                 python3-systemd; with --coral also the Coral apt repository and libedgetpu
+                 python3-systemd, procps; with --coral also the Coral apt repository and libedgetpu
   user           system user "edgepose" in the groups video and plugdev (plugdev is created
                  if missing), home /var/lib/edgepose, no login shell
   /opt/edgepose/venv             virtualenv with --system-site-packages (picamera2 comes from
@@ -207,22 +208,57 @@ ensure_dir() { # ensure_dir PATH USER GROUP MODE
 
 # ----------------------------------------------------------------------------------------------
 
+# Where Raspberry Pi's own apt archive lives; python3-picamera2 comes from it on Raspberry Pi OS.
+readonly PI_ARCHIVE_PATTERN='archive\.raspberrypi\.(com|org)'
+
+# Is the Raspberry Pi archive in apt's sources? (EDGEPOSE_APT_ETC: tests point it at a stand-in.)
+pi_archive_configured() {
+    local etc=${EDGEPOSE_APT_ETC:-/etc/apt}
+    grep -rqsE "$PI_ARCHIVE_PATTERN" "$etc/sources.list" "$etc/sources.list.d"
+}
+
+# camera_package_state: "available", "unreachable" (the Pi archive is configured but apt has no
+# package list from it: the download failed) or "unpackaged" (this distribution has no picamera2).
+camera_package_state() {
+    if apt-cache show "$APT_CAMERA_PACKAGE" >/dev/null 2>&1; then
+        echo available
+        return
+    fi
+    local policy
+    policy="$(apt-cache policy 2>/dev/null || true)"
+    if pi_archive_configured && ! [[ $policy =~ $PI_ARCHIVE_PATTERN ]]; then
+        echo unreachable
+    else
+        echo unpackaged
+    fi
+}
+
 apt_packages() {
     if [[ -n $ROOT ]]; then
         say "apt: skipped (--root)"
         return
     fi
     command -v apt-get >/dev/null || die "apt-get not found: this installer is for Raspberry Pi OS / Debian / Ubuntu"
-    say "apt: installing ${APT_PACKAGES[*]} and $APT_CAMERA_PACKAGE"
     export DEBIAN_FRONTEND=noninteractive
-    run apt-get update
+    say "apt: updating the package lists"
+    # A failed download (an unreachable archive) is reported below, per package that needs it.
+    run apt-get update || warn "apt-get update did not complete (see above); using the package lists apt has"
     local packages=("${APT_PACKAGES[@]}")
-    if apt-cache show "$APT_CAMERA_PACKAGE" >/dev/null 2>&1; then
-        packages+=("$APT_CAMERA_PACKAGE")
-    else
-        warn "$APT_CAMERA_PACKAGE is not packaged for this distribution: camera.source picamera2" \
-            "will not work; use a V4L2 camera (camera.source: v4l2:/dev/video0)"
-    fi
+    case "$(camera_package_state)" in
+        available) packages+=("$APT_CAMERA_PACKAGE") ;;
+        unreachable)
+            warn "$APT_CAMERA_PACKAGE: the Raspberry Pi archive is configured (${EDGEPOSE_APT_ETC:-/etc/apt})" \
+                "but apt has no package list from it: the download failed (network, proxy or DNS?)." \
+                "Fix that, check with 'sudo apt-get update', and run this installer again;" \
+                "until then camera.source picamera2 will not work"
+            ;;
+        *)
+            warn "$APT_CAMERA_PACKAGE is not packaged for this distribution (no Raspberry Pi archive" \
+                "in apt's sources): camera.source picamera2 will not work; use a V4L2 camera" \
+                "(camera.source: v4l2:/dev/video0)"
+            ;;
+    esac
+    say "apt: installing ${packages[*]}"
     # --no-install-recommends: picamera2 recommends the Qt/OpenGL preview stack, useless headless.
     run apt-get install -y --no-install-recommends "${packages[@]}"
 }

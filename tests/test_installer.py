@@ -511,3 +511,64 @@ def test_real_install_start_and_uninstall_under_systemd(tmp_path: Path) -> None:
             nspawn.wait(10)
         log.close()
         subprocess.run(["umount", "-l", str(merged)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# apt: python3-picamera2 available, or the Pi archive configured but unreachable, or not packaged
+
+PI_SOURCE = "deb http://archive.raspberrypi.com/debian/ bookworm main\n"
+PI_POLICY = " 500 http://archive.raspberrypi.com/debian bookworm/main arm64 Packages\n"
+DEBIAN_POLICY = " 500 http://deb.debian.org/debian bookworm/main arm64 Packages\n"
+
+
+@pytest.mark.parametrize(
+    ("configured", "policy", "packaged", "expected"),
+    [
+        (True, DEBIAN_POLICY + PI_POLICY, True, "available"),
+        (True, DEBIAN_POLICY, False, "is configured ("),
+        (False, DEBIAN_POLICY, False, "is not packaged for this distribution"),
+    ],
+    ids=["available", "configured-but-unreachable", "not-packaged"],
+)
+def test_camera_package_unreachable_archive_is_not_called_unpackaged(
+    tmp_path: Path, configured: bool, policy: str, packaged: bool, expected: str
+) -> None:
+    """apt-get/apt-cache stand-ins on PATH and a stand-in /etc/apt; a dry run against / otherwise."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "apt-cache").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = show ]; then exit {0 if packaged else 100}; fi\n'
+        f"if [ \"$1\" = policy ]; then printf '%s' '{policy}'; fi\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    etc = tmp_path / "etc-apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    if configured:
+        (etc / "sources.list.d" / "raspi.list").write_text(PI_SOURCE)
+    env = script_env() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "EDGEPOSE_APT_ETC": str(etc)}
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--dry-run", "--skip-models", "--no-start", "--deps-from", sys.executable],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream: the order of the warning and the progress line shows
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    installing = next(i for i, line in enumerate(lines) if line.startswith("==> apt: installing"))
+    if expected == "available":
+        assert lines[installing].endswith("procps python3-picamera2"), lines[installing]
+        assert "python3-picamera2" not in "\n".join(line for line in lines if "warning" in line)
+        return
+    warning = next(i for i, line in enumerate(lines) if "warning: python3-picamera2" in line)
+    assert expected in lines[warning], lines[warning]
+    assert warning < installing, "the progress line comes after the check"
+    assert "python3-picamera2" not in lines[installing]
+    if configured:
+        assert "the download failed" in lines[warning] and "not packaged" not in lines[warning]
