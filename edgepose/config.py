@@ -335,6 +335,21 @@ class MqttConfig(_Section):
     reconnect_min_s: float = Field(0.5, gt=0, le=3600)
     reconnect_max_s: float = Field(2.0, gt=0, le=3600)
     max_queued_messages: int = Field(1000, ge=1)
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; 5 falls back to 3.1.1 by itself when the broker refuses 5"
+    )
+    session_expiry_s: int = Field(
+        300, ge=0, le=4294967295, description="MQTT 5: the broker keeps our session this long across an outage"
+    )
+    status_expiry_s: float = Field(
+        60.0, ge=3, le=86400, description="MQTT 5: the retained `online` expires unless refreshed (every third)"
+    )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: object) -> object:
+        # YAML reads `protocol: 5` as an int and `protocol: 3.1.1` as a string.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _reconnect_order(self) -> MqttConfig:

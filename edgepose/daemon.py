@@ -57,6 +57,7 @@ INVOKED_QUEUE_DEPTH = 8
 JOIN_TIMEOUT_S = 1.5
 SUPERVISE_TICK_S = 0.1
 STATUS_PERIOD_S = 2.0
+HEALTH_EXPIRY_MIN_S = 30.0
 
 
 class DaemonState(StrEnum):
@@ -379,10 +380,18 @@ class Daemon:
         next_health_s = time.monotonic() + self.config.health.interval_s
         next_status_s = time.monotonic() + STATUS_PERIOD_S
         next_log_s = time.monotonic() + (self.config.logging.status_interval_s or float("inf"))
+        seen_connects = self.bundle.publisher.stats.connects
         while not (self.stop_event.is_set() or self.reload_event.is_set()):
             self._wake.wait(SUPERVISE_TICK_S)
             self._wake.clear()
             now = time.monotonic()
+            publisher = self.bundle.publisher
+            publisher.refresh_status()
+            if publisher.stats.connects != seen_connects and publisher.stats.connected:
+                # (Re)connected: a fresh health at once, never the one from before the outage.
+                seen_connects = publisher.stats.connects
+                self._publish_health()
+                next_health_s = now + self.config.health.interval_s
             self.run_state.backend_problem = self.bundle.inference.backend.degraded_reason
             if self._watchdog is not None and self._watchdog.due(now, self.stats.last_inference_monotonic_s):
                 self.notifier.watchdog()
@@ -437,6 +446,10 @@ class Daemon:
                 connects=publisher.stats.connects,
                 queued=publisher.queued(),
                 last_error=publisher.stats.last_error,
+                protocol=publisher.stats.protocol,
+                failed_attempts=publisher.stats.failed_attempts,
+                last_error_at_s=publisher.stats.last_error_at_s,
+                session_takeovers=publisher.stats.session_takeovers,
             ),
             readings=Readings(self._system.read(), read_edgetpu_temp_c()),
         )
@@ -444,4 +457,7 @@ class Daemon:
     def _publish_health(self) -> None:
         publisher = self.bundle.publisher
         payload = encode(health_payload(self.health_report()))
-        publisher.publish_retained_state(publisher.topics.health, payload, self.bundle.config.mqtt.qos.health)
+        config = self.bundle.config
+        # Retained, and (MQTT 5) expiring after three missed periods: a dead daemon's health does not linger.
+        expiry_s = max(3 * config.health.interval_s, HEALTH_EXPIRY_MIN_S)
+        publisher.publish_retained_state(publisher.topics.health, payload, config.mqtt.qos.health, expiry_s=expiry_s)

@@ -41,18 +41,20 @@ class LatencyWindow:
 
 @dataclass
 class Counters:
-    """One writer per field: the loop named after it. Never increment a field from another thread."""
+    """One writer per field: the loop named after it. Never increment a field from another thread.
+    The exception: the two delivery outcomes, reported by the MQTT client's network thread (or at
+    once by the publish loop) and counted under PublishLoop's delivery lock."""
 
     frames_captured: int = 0  # capture (or prepare, for a source read inline)
     frames_inferred: int = 0  # invoke
-    frames_published: int = 0  # publish
+    frames_published: int = 0  # delivery: acknowledged by the broker (QoS >= 1) or written (QoS 0)
     frames_dropped_stale: int = 0  # capture: superseded by a fresher frame before inference, by design
     frames_dropped_throttle: int = 0  # publish: over publish.max_fps
     capture_failed: int = 0  # capture: source read errors
     prepare_failed: int = 0  # prepare: preprocessing errors
     invoke_failed: int = 0  # invoke: inference errors
     decode_failed: int = 0  # publish: decoding errors
-    publish_failed: int = 0  # publish: could not be handed to the broker (disconnected, queue full)
+    publish_failed: int = 0  # delivery: really dropped (QoS 0 while disconnected, queue full, unacked at stop)
     source_reopens: int = 0  # capture
 
     @property
@@ -130,6 +132,10 @@ class MqttView:
     connects: int
     queued: int
     last_error: str | None
+    protocol: str = "5"
+    failed_attempts: int = 0
+    last_error_at_s: float | None = None  # UNIX time
+    session_takeovers: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,10 +203,14 @@ def assemble_health(
         },
         mqtt={
             "connected": mqtt.connected,
+            "protocol": mqtt.protocol,
             "reconnects": max(0, mqtt.connects - 1),
+            "failed_attempts": mqtt.failed_attempts,
             "queued": mqtt.queued,
             "not_published": c.publish_failed,
             "last_error": mqtt.last_error,
+            "last_error_at": round(mqtt.last_error_at_s, 3) if mqtt.last_error_at_s is not None else None,
+            "session_takeovers": mqtt.session_takeovers,
         },
         system=readings.system,
     )

@@ -344,7 +344,15 @@ def record_timings(stats: PipelineStats, timings: StageTimings) -> None:
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        expiry_s: float | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> bool: ...
 
 
 # Takes every finished frame with its result (the web live view's LiveFeed.offer); must never block.
@@ -373,6 +381,9 @@ class PublishLoop:
     """Finishes each invoked frame (decode, crop, smoothing), offers it to the live view, publishes it.
 
     `seq` counts every keypoints message attempted, so gaps show loss to a subscriber.
+    `frames_published` counts what the broker acknowledged (QoS >= 1) or what was written to the
+    socket (QoS 0), `publish_failed` what was really dropped: the publisher reports each message's
+    fate later, from its network thread, so these two are counted under a lock.
     """
 
     def __init__(
@@ -404,6 +415,7 @@ class PublishLoop:
         self.payload_format = payload_format
         self.seq = 0
         self._next_publish_s = 0.0
+        self._delivery_lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
         """Runs until end of stream, or `stop` is set and the queue is drained: nothing inferred is lost."""
@@ -439,11 +451,17 @@ class PublishLoop:
         start = time.perf_counter()
         message = keypoints_message(result, self.device_id, self.seq)
         self.seq += 1
-        if self.publisher.publish(self.topic, keypoints_bytes(message, self.payload_format), self.qos):
-            counters.frames_published += 1
+        payload = keypoints_bytes(message, self.payload_format)
+        if self.publisher.publish(self.topic, payload, self.qos, on_delivery=self._delivered):
             if self.stats.first_publish_monotonic_s is None:
                 self.stats.first_publish_monotonic_s = time.monotonic()
             self.stats.capture_to_publish_ms.add((time.monotonic() - result.frame_monotonic_s) * 1e3)
-        else:
-            counters.publish_failed += 1
         self.stats.stages["publish"].add((time.perf_counter() - start) * 1e3)
+
+    def _delivered(self, delivered: bool) -> None:
+        counters = self.stats.counters
+        with self._delivery_lock:
+            if delivered:
+                counters.frames_published += 1
+            else:
+                counters.publish_failed += 1

@@ -7,6 +7,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,18 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes, float]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        expiry_s: float | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> bool:
         self.messages.append((topic, payload, time.monotonic()))
+        if on_delivery is not None:
+            on_delivery(True)
         return True
 
 

@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,21 @@ class MemoryPublisher:
         self.refuse_calls = refuse_calls
         self.calls = 0
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        expiry_s: float | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> bool:
         accept = self.calls not in self.refuse_calls
         self.calls += 1
         if accept:
             self.messages.append((topic, payload, qos, retain))
+        if on_delivery is not None:
+            on_delivery(accept)  # in memory: delivered at once, or dropped at once
         return accept
 
 
