@@ -365,3 +365,32 @@ def test_in_flight_counts_until_on_publish_and_survives_an_outage(broker: Broker
     finally:
         publisher.stop()
     assert publisher.queued() == 0
+
+
+def test_subscribe_survives_reconnects_and_unsubscribe_checks_the_owner(brokers: Any, publishers: Any) -> None:
+    broker = brokers()
+    publisher = publishers(port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    got: list[tuple[str, bytes]] = []
+    publisher.subscribe("edgepose/test/set", 1, lambda topic, payload: got.append((topic, payload)))
+    assert wait_until(lambda: publisher.stats.connected, 5)
+
+    def send(payload: bytes) -> None:
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sender-{random.getrandbits(32):x}")
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        sender.publish("edgepose/test/set", payload, qos=1).wait_for_publish(5)
+        sender.disconnect()
+        sender.loop_stop()
+
+    time.sleep(0.3)
+    send(b"one")
+    assert wait_until(lambda: got == [("edgepose/test/set", b"one")], 5), got
+    broker.stop()
+    broker.start()
+    assert wait_until(lambda: publisher.stats.connects == 2, 10)
+    time.sleep(0.3)
+    send(b"two")
+    assert wait_until(lambda: len(got) == 2, 5), got
+    publisher.unsubscribe("edgepose/test/set", lambda topic, payload: None)  # not the owner: kept
+    send(b"three")
+    assert wait_until(lambda: len(got) == 3, 5), got

@@ -104,6 +104,9 @@ class MqttPublisher:
         self._bounces: deque[float] = deque(maxlen=BOUNCES_FOR_TAKEOVER)
         self._status_sent_monotonic_s: float | None = None
         self._retired: list[mqtt.Client] = []
+        # topic filter -> (qos, the handler that owns it), and paho's per-topic callback for it
+        self._subscriptions: dict[str, tuple[int, Callable[[str, bytes], None]]] = {}
+        self._deliverers: dict[str, Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]] = {}
         self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self._client = self._make_client()
 
@@ -141,6 +144,10 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        with self._lock:
+            deliverers = list(self._deliverers.items())
+        for topic, deliver in deliverers:  # a client made for the 3.1.1 fallback keeps the subscriptions
+            client.message_callback_add(topic, deliver)
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -282,6 +289,38 @@ class MqttPublisher:
             self.topics.status, STATUS_ONLINE, self.config.qos.status, retain=True, expiry_s=self.config.status_expiry_s
         )
 
+    def subscribe(self, topic: str, qos: int, on_message: Callable[[str, bytes], None]) -> None:
+        """Receive messages on `topic` (a filter) now and after every reconnect.
+
+        `on_message(topic, payload)` runs on paho's network thread: it must return quickly and
+        must not raise (an exception is logged with its traceback as the bug it is)."""
+
+        def deliver(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            try:
+                on_message(message.topic, bytes(message.payload))
+            except Exception:
+                log.exception("MQTT: handling a message on %s failed", message.topic)
+
+        with self._lock:
+            self._subscriptions[topic] = (qos, on_message)
+            self._deliverers[topic] = deliver
+        self._client.message_callback_add(topic, deliver)
+        if self.stats.connected:
+            self._client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str, on_message: Callable[[str, bytes], None]) -> None:
+        """Stop receiving `topic`, if `on_message` still owns it (a replacement part may have
+        subscribed the same topic with its own handler before the old part closes)."""
+        with self._lock:
+            current = self._subscriptions.get(topic)
+            if current is None or current[1] != on_message:
+                return
+            del self._subscriptions[topic]
+            del self._deliverers[topic]
+        self._client.message_callback_remove(topic)
+        if self.stats.connected:
+            self._client.unsubscribe(topic)
+
     def queued(self) -> int:
         """Messages handed to paho and not yet delivered: what a crash now would lose."""
         with self._lock:
@@ -362,6 +401,11 @@ class MqttPublisher:
         if bounced:
             self._bounced()
         self._publish_online()
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
+        # A clean (or expired) session forgets subscriptions: make them again on every connect.
+        for topic, (qos, _) in subscriptions:
+            client.subscribe(topic, qos)
 
     def _bounced(self) -> None:
         """The broker dropped a working connection and took us back at once: count it, and call it
