@@ -386,7 +386,7 @@ class Daemon:
             self._wake.clear()
             now = time.monotonic()
             publisher = self.bundle.publisher
-            publisher.refresh_status()
+            publisher.tick()
             if publisher.stats.connects != seen_connects and publisher.stats.connected:
                 # (Re)connected: a fresh health at once, never the one from before the outage.
                 seen_connects = publisher.stats.connects

@@ -141,8 +141,18 @@ class _CountingPublisher:
     def __init__(self) -> None:
         self.count = 0
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        expiry_s: float | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> bool:
         self.count += 1
+        if on_delivery is not None:
+            on_delivery(True)
         return True
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -302,6 +305,43 @@ def test_falls_back_to_311_when_the_broker_refuses_5(
     finally:
         subscriber.close()
         gate.close()
+
+
+def test_falls_back_to_311_when_the_broker_never_answers_5(publishers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The embedded amqtt broker (make run without mosquitto) neither refuses nor closes an MQTT 5 CONNECT."""
+    from edgepose.localbroker import LocalBroker, embedded_available
+
+    if embedded_available() is None:
+        pytest.skip("amqtt is not installed (it is in the dev extra)")
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgepose.embedded_broker", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: _accepts(port), 20)
+        publisher = publishers(port=port)
+        # The daemon's supervisor calls tick() every 0.1 s; here the test does.
+        assert wait_until(lambda: publisher.tick() is None and publisher.stats.connected, 15), publisher.stats
+        assert publisher.stats.protocol == "3.1.1"
+        assert publisher.stats.last_error is not None and "no answer" in publisher.stats.last_error
+        done: list[bool] = []
+        publisher.publish("edgepose/test/x", b"1", qos=1, on_delivery=done.append)
+        assert wait_until(lambda: done == [True], 5)
+    finally:
+        process.terminate()
+        process.wait(10)
+    del LocalBroker
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_protocol_311_when_configured(brokers: Any, publishers: Any) -> None:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # A connect (TCP + TLS handshake) that takes longer is given up: it also bounds how long a stop
 # can wait for paho's thread to notice it.
 CONNECT_TIMEOUT_S = 2.0
+# An MQTT 5 CONNECT that gets no CONNACK within this is taken as "this broker does not speak 5".
+CONNACK_TIMEOUT_S = 3.0
 # Reason codes compared by value (paho's ReasonCode compares with names or ints).
 RC_SESSION_TAKEN_OVER = 0x8E
 RC_UNSUPPORTED_PROTOCOL_VERSION = 0x84
@@ -94,6 +96,7 @@ class MqttPublisher:
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._attempts = 0
         self._attempt_failed = False  # a reason was recorded for the current attempt
+        self._attempt_started_monotonic_s: float | None = None
         self._connack = False  # the current attempt got as far as a CONNACK
         self._tls_error: BaseException | None = None  # set by the socket class during this attempt
         self._logged_reason: str | None = None
@@ -275,13 +278,20 @@ class MqttPublisher:
             return False
         return self.publish(topic, payload, qos, retain=True, expiry_s=expiry_s)
 
-    def refresh_status(self) -> None:
-        """Re-send the retained `online` before its MQTT 5 expiry runs out; call it often (cheap)."""
+    def tick(self) -> None:
+        """Timed duties, for the daemon's supervisor to call often (cheap): re-send the retained
+        `online` before its MQTT 5 expiry runs out, and give up on MQTT 5 with a broker that
+        accepted the connection but never answered the CONNECT (some 3.1.1-only brokers, e.g.
+        amqtt, neither refuse nor close)."""
+        now = time.monotonic()
         sent = self._status_sent_monotonic_s
-        if not (self.v5 and self.stats.connected and sent is not None):
-            return
-        if time.monotonic() - sent >= self.config.status_expiry_s / 3:
+        if self.v5 and self.stats.connected and sent is not None and now - sent >= self.config.status_expiry_s / 3:
             self._publish_online()
+        started = self._attempt_started_monotonic_s
+        waiting = not (self.stats.connected or self._connack or self._attempt_failed or self._stopping.is_set())
+        if self.v5 and waiting and started is not None and now - started > CONNACK_TIMEOUT_S:
+            self._failed(f"no answer from {self.address} to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:g}s")
+            self._fall_back_to_311(self._client)
 
     def _publish_online(self) -> None:
         self._status_sent_monotonic_s = time.monotonic()
@@ -357,6 +367,7 @@ class MqttPublisher:
                 wait_s = max(wait_s, TAKEOVER_WAIT_S * self._backoff.rng.uniform(0.75, 1.25))
             self._stopping.wait(wait_s)
         self._attempts += 1
+        self._attempt_started_monotonic_s = time.monotonic()
         self._attempt_failed = False
         self._connack = False
         self._tls_error = None
@@ -497,6 +508,7 @@ class MqttPublisher:
         self._client = self._make_client()
         self._retired.append(old)
         self._attempts = 0
+        self._attempt_started_monotonic_s = None
         old.disconnect()  # ends the old client's loop once this callback returns
         if not self._stopping.is_set():
             self._connect_async(self._client)
