@@ -222,7 +222,7 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
 ) -> None:
     """The ghost `online`: the broker saves the retained `online`, crashes, the daemon dies while
     it is down, the broker comes back with what it saved. MQTT 5 expiry ends it in time."""
-    expiry_s = 4.0
+    expiry_s = 6.0
     workdir = tmp_path / "broker"
     broker = ConfiguredBroker(
         workdir, f"allow_anonymous true\npersistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
@@ -259,15 +259,15 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
 
     try:
         # Bounded: the last refresh was at most expiry_s / 3 before the crash, so `online` is gone
-        # at most expiry_s after the daemon died (plus the probe's own 0.3 s).
-        while time.monotonic() - died_s < expiry_s + 1.0:
+        # at most expiry_s after the daemon died.
+        while time.monotonic() - died_s < expiry_s + 2.0:
             status = retained_status()
             seen.append(status or b"(none)")
             if status != b"online":
                 break
         assert seen[0] == b"online", seen  # the crash really did bring the saved `online` back...
         assert seen[-1] != b"online", seen  # ...and its expiry ended it
-        assert time.monotonic() - died_s <= expiry_s + 1.0
+        assert time.monotonic() - died_s <= expiry_s + 2.0  # + the probes' own time on a busy machine
     finally:
         broker.stop()
 
