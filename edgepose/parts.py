@@ -236,6 +236,20 @@ def started(publisher: MqttPublisher) -> Iterator[MqttPublisher]:
         publisher.stop(timeout_s=1.0)  # within systemd's and the README's 2 s from SIGTERM to exit
 
 
+@contextlib.contextmanager
+def _hand_over_session(old: object, old_config: Config, new_config: Config) -> Iterator[None]:
+    """One broker session at a time: with the same client id the broker would throw one of the two
+    out (and their `online`/`offline` could land in either order). The old one says `offline` and
+    disconnects before the new one connects; if the reload fails, it connects again."""
+    assert isinstance(old, MqttPublisher)
+    old.stop(timeout_s=1.0)
+    try:
+        yield
+    except BaseException:
+        old.start()
+        raise
+
+
 def _build_publisher_part(
     config: Config, parts: Mapping[str, object], host: Host
 ) -> AbstractContextManager[MqttPublisher]:
@@ -305,7 +319,13 @@ PARTS: tuple[PartSpec, ...] = (
         MODEL, key=lambda c: (c.model, stage_mode(c)), needs=(), build=_build_inference_part, handover=_lend_edgetpu
     ),
     PartSpec(SOURCE, key=_source_key, needs=(), build=_build_source_part, handover=_lend_camera),
-    PartSpec(PUBLISHER, key=lambda c: (c.mqtt, c.device_id), needs=(), build=_build_publisher_part),
+    PartSpec(
+        PUBLISHER,
+        key=lambda c: (c.mqtt, c.device_id),
+        needs=(),
+        build=_build_publisher_part,
+        handover=_hand_over_session,
+    ),
     PartSpec(
         WEB,
         key=lambda c: (c.web, c.device_id),

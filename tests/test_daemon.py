@@ -27,7 +27,7 @@ import pytest
 from edgepose import cli
 from edgepose.config import Config
 from edgepose.daemon import Daemon
-from edgepose.errors import EXIT_OK, InputFileError
+from edgepose.errors import EXIT_OK, InputFileError, SourceError
 from edgepose.inference import fallback
 from edgepose.inference.backends import cpu_build, model_label
 from edgepose.inference.fallback import FallbackBackend
@@ -501,3 +501,56 @@ def test_reload_hands_the_camera_device_over_and_back(
     # Opened at start, tried once, reopened, replaced: never while another instance held the camera.
     assert open_at_construction == [0, 0, 0, 0], open_at_construction
     assert system.open_cameras == []
+
+
+def test_reload_of_the_mqtt_section_ends_online(broker: Broker, subscribe: Any, model_dir: Path) -> None:
+    """The same client id reconnects with new settings: the old session says `offline` first, the new
+    one `online` after it, so the retained status a newcomer reads is `online`."""
+    collector = subscribe(broker)
+    config = make_config(broker, model_dir)
+    running = launch(config)
+    keypoints_keep_flowing(collector)
+    old_publisher = running.daemon.bundle.publisher
+    running.reload(make_config(broker, model_dir, mqtt={"keepalive_s": 20}))
+    assert running.daemon.bundle.publisher is not old_publisher
+    keypoints_keep_flowing(collector)
+    time.sleep(0.5)  # any late `offline` of the old session would have arrived by now
+    assert collector.on(f"{DEVICE}/status")[-1] == b"online"
+    newcomer = subscribe(broker, f"edgepose/{DEVICE}/status")
+    assert newcomer.wait_for(f"{DEVICE}/status", 1, timeout_s=5) == [b"online"]
+    assert running.daemon.bundle.publisher.stats.connects == 1  # connected once, never kicked out
+    assert running.stop() == EXIT_OK
+    running.lifecycle.assert_each_closed_once()
+
+
+def test_failed_reload_gives_the_broker_session_back(broker: Broker, subscribe: Any, model_dir: Path) -> None:
+    """A part after the publisher (as a command handler will be) fails: the new publisher closes and
+    the old one, which had said `offline` to make way, connects again and says `online`."""
+    failing = {"on": False}
+
+    def build_commands(config: Config, parts: Mapping[str, object], host: Host) -> contextlib.nullcontext[object]:
+        if failing["on"]:
+            raise SourceError("commands: cannot subscribe")
+        return contextlib.nullcontext(object())  # a distinct part per build
+
+    commands = PartSpec("commands", key=lambda c: c.device_id, needs=("publisher",), build=build_commands)
+    collector = subscribe(broker)
+    running = launch(make_config(broker, model_dir), (*PARTS, commands))
+    keypoints_keep_flowing(collector)
+    old = running.daemon.bundle
+
+    failing["on"] = True
+    running.reload(make_config(broker, model_dir, mqtt={"keepalive_s": 20}))
+    assert running.daemon.bundle is old
+    assert [name for name, _ in running.lifecycle.built].count("publisher") == 2  # the new one, closed again
+    wait_until(lambda: collector.on(f"{DEVICE}/status")[-1:] == [b"online"], what="the old session back online")
+    keypoints_keep_flowing(collector)
+    wait_until(lambda: "reload failed" in (last_health(collector)["state_reason"] or ""), what="health")
+    assert "commands: cannot subscribe" in last_health(collector)["state_reason"]
+
+    failing["on"] = False
+    running.reload(make_config(broker, model_dir, mqtt={"keepalive_s": 20}))
+    assert running.daemon.bundle.publisher is not old.publisher
+    keypoints_keep_flowing(collector)
+    assert running.stop() == EXIT_OK
+    running.lifecycle.assert_each_closed_once()

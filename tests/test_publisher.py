@@ -434,3 +434,18 @@ def test_subscribe_survives_reconnects_and_unsubscribe_checks_the_owner(brokers:
     publisher.unsubscribe("edgepose/test/set", lambda topic, payload: None)  # not the owner: kept
     send(b"three")
     assert wait_until(lambda: len(got) == 3, 5), got
+
+
+def test_stopped_publisher_connects_again_on_start(broker: Broker, subscribe: Any, publishers: Any) -> None:
+    """A failed reload hands the broker session back: stop() then start() reconnects with a fresh client."""
+    collector = subscribe(broker, "edgepose/again/status")
+    publisher = publishers(broker.host, broker.port, client_id="edgepose-again")
+    assert wait_until(lambda: publisher.stats.connected, 10)
+    publisher.stop()
+    assert not publisher.stats.connected
+    publisher.start()
+    assert wait_until(lambda: publisher.stats.connected, 10)
+    assert publisher.publish("edgepose/again/after", b"x", qos=1)
+    assert wait_until(lambda: publisher.queued() == 0, 10)
+    publisher.stop()
+    assert collector.wait_for("again/status", 4, timeout_s=5) == [b"online", b"offline", b"online", b"offline"]

@@ -185,7 +185,13 @@ class MqttPublisher:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background; returns at once even when the broker is down."""
+        """Connect in the background; returns at once even when the broker is down.
+
+        After stop() it connects again with a fresh paho client (stop released the old one): a
+        reload that failed hands the broker session back to the publisher that had made way."""
+        if self._stopping.is_set():
+            self._stopping.clear()
+            self._client = self._make_client()
         self._connect_async(self._client)
 
     def _connect_async(self, client: mqtt.Client) -> None:
