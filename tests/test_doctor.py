@@ -305,3 +305,27 @@ def test_cli_text_and_exit_0_when_nothing_fails(broker: Broker, model_dir: Path,
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS  mqtt broker" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("0 failed")
+
+
+def test_coral_and_a_loadable_libedgetpu_get_a_test_invoke(pi_root: Path, model_dir: Path) -> None:
+    """The library loads (stand-in) and a Coral is listed, so the doctor opens the EdgeTPU model with
+    the delegate for one invoke; with no real Coral here that fails, and says what to check."""
+    checks = _by_name(
+        run_checks(
+            None, [f"model.dir={model_dir}", "mqtt.port=1"], _host(pi_root, libedgetpu=True), broker_timeout_s=0.5
+        )
+    )
+    libedgetpu = checks["libedgetpu"]
+    assert libedgetpu.status is Status.FAIL
+    assert "EdgeTPU delegate" in libedgetpu.detail
+    assert libedgetpu.fix is not None and "libedgetpu and the runtime must match" in libedgetpu.fix
+
+
+def test_v4l2_source_that_is_missing(pi_root: Path) -> None:
+    host = _host(pi_root)
+    checks = _by_name(run_checks(None, ["camera.source=v4l2:/dev/video7", "mqtt.port=1"], host, broker_timeout_s=0.5))
+    assert checks["v4l2"].status is Status.FAIL
+    assert "/dev/video7 does not exist; present: video0 (unicam-image)" in checks["v4l2"].detail
+    (pi_root / "dev/video0").unlink()
+    checks = _by_name(run_checks(None, ["camera.source=usb:0", "mqtt.port=1"], host, broker_timeout_s=0.5))
+    assert checks["v4l2"].status is Status.FAIL and "no /dev/video*" in checks["v4l2"].detail
