@@ -63,17 +63,25 @@ class _SourceSpec(_Section):
     # What the rest of the program needs to know about a source, so that only the factory looks at `kind`:
     stills: ClassVar[bool] = False  # unrelated photos: every frame stands alone (no crop tracking, smoothing)
     uses_sample_photos: ClassVar[bool] = False  # reads the demo photos fetched into the model directory
+    may_use_picamera2: ClassVar[bool] = False  # picamera2 is (or may be) the camera: `edgepose doctor` checks it
+    needs_picamera2: ClassVar[bool] = False  # nothing else will do
 
     @property
     def is_device(self) -> bool:
         """A physical camera: only one holder may open the device at a time."""
         return self.kind in DEVICE_KINDS
 
+    @property
+    def v4l2_node(self) -> str | None:
+        """The V4L2 device node this source must open, when it is one (`edgepose doctor` checks it)."""
+        return None
+
 
 class AutoSpec(_SourceSpec):
     """picamera2 with a camera attached, else the first V4L2 device."""
 
     kind: Literal[SourceKind.AUTO] = SourceKind.AUTO
+    may_use_picamera2: ClassVar[bool] = True
 
     def __str__(self) -> str:
         return "auto"
@@ -81,6 +89,8 @@ class AutoSpec(_SourceSpec):
 
 class Picamera2Spec(_SourceSpec):
     kind: Literal[SourceKind.PICAMERA2] = SourceKind.PICAMERA2
+    may_use_picamera2: ClassVar[bool] = True
+    needs_picamera2: ClassVar[bool] = True
 
     def __str__(self) -> str:
         return "picamera2"
@@ -90,6 +100,10 @@ class V4l2Spec(_SourceSpec):
     kind: Literal[SourceKind.V4L2] = SourceKind.V4L2
     device: str = Field(min_length=1, description="a device node such as /dev/video0")
 
+    @property
+    def v4l2_node(self) -> str | None:
+        return self.device
+
     def __str__(self) -> str:
         return f"v4l2:{self.device}"
 
@@ -97,6 +111,10 @@ class V4l2Spec(_SourceSpec):
 class UsbSpec(_SourceSpec):
     kind: Literal[SourceKind.USB] = SourceKind.USB
     index: int = Field(ge=0, description="OpenCV's camera index")
+
+    @property
+    def v4l2_node(self) -> str | None:
+        return f"/dev/video{self.index}"  # OpenCV's V4L2 backend opens index N as /dev/videoN
 
     def __str__(self) -> str:
         return f"usb:{self.index}"

@@ -27,15 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgepose.config import (
-    AutoSpec,
-    Config,
-    SourceKind,
-    V4l2Spec,
-    default_config_path,
-    load_config,
-    read_mqtt_password,
-)
+from edgepose.config import Config, default_config_path, load_config, read_mqtt_password
 from edgepose.errors import ConfigError, EdgeposeError
 
 BROKER_TIMEOUT_S = 4.0
@@ -185,8 +177,9 @@ def check_numpy(host: Host) -> Check:
 
 
 def check_picamera2(host: Host, config: Config | None) -> Check:
-    kind = config.camera.source.kind if config is not None else SourceKind.AUTO
-    wanted = kind in (SourceKind.AUTO, SourceKind.PICAMERA2)
+    source = config.camera.source if config is not None else None
+    wanted = source is None or source.may_use_picamera2
+    required = source is not None and source.needs_picamera2
     try:
         module = host.import_module("picamera2")
     except Exception as exc:  # a broken build raises anything from ImportError to numpy's ValueError
@@ -202,7 +195,7 @@ def check_picamera2(host: Host, config: Config | None) -> Check:
     except Exception as exc:  # libcamera errors surface as RuntimeError or its own types
         return Check("picamera2", Status.FAIL, f"listing cameras failed: {exc}", "check the camera cable; reboot")
     if not cameras:
-        status = Status.FAIL if kind is SourceKind.PICAMERA2 else Status.WARN
+        status = Status.FAIL if required else Status.WARN
         return Check(
             "picamera2",
             status,
@@ -218,19 +211,19 @@ def check_picamera2(host: Host, config: Config | None) -> Check:
 def check_v4l2(host: Host, config: Config | None) -> Check:
     nodes = sorted(host.path("/dev").glob("video*"), key=lambda p: (len(p.name), p.name))
     named = []
-    for node in nodes:
-        name = host.read(f"/sys/class/video4linux/{node.name}/name")
-        named.append(f"{node.name} ({name})" if name else node.name)
-    source = config.camera.source if config is not None else AutoSpec()
-    needs_v4l2 = source.kind in (SourceKind.V4L2, SourceKind.USB)
+    for found in nodes:
+        name = host.read(f"/sys/class/video4linux/{found.name}/name")
+        named.append(f"{found.name} ({name})" if name else found.name)
+    source = config.camera.source if config is not None else None
+    node = source.v4l2_node if source is not None else None
     if not nodes:
-        if needs_v4l2:
+        if node is not None:
             return Check(
                 "v4l2", Status.FAIL, f"camera.source is {source} but there is no /dev/video*", "plug in the camera"
             )
         return Check("v4l2", Status.PASS, "no V4L2 devices (not needed by camera.source)")
-    if isinstance(source, V4l2Spec) and not host.path(source.device).exists():
-        return Check("v4l2", Status.FAIL, f"{source} does not exist; present: {', '.join(named)}", "set camera.source")
+    if node is not None and not host.path(node).exists():
+        return Check("v4l2", Status.FAIL, f"{node} does not exist; present: {', '.join(named)}", "set camera.source")
     return Check("v4l2", Status.PASS, ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else ""))
 
 
