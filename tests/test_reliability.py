@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.brokers import ConfiguredBroker
 from tests.conftest import edgepose_command, edgepose_env
+from tests.test_publisher import wait_until
 
 FULL_OUTAGES_S = (6.0, 12.0, 20.0)
 SHORT_OUTAGES_S = (2.0, 3.0)
@@ -98,15 +99,6 @@ def _stop(process: subprocess.Popen[bytes]) -> str:
     return stderr.decode()
 
 
-def _wait(condition: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
-
-
 def run_outages(
     tmp_path: Path, model_dir: Path, daemons: list[subprocess.Popen[bytes]], outages_s: tuple[float, ...]
 ) -> dict[str, Any]:
@@ -128,7 +120,9 @@ def run_outages(
     delays_s: list[float] = []
     first_health_after: list[dict[str, Any]] = []
     try:
-        assert _wait(lambda: len(subscriber.on("/keypoints")) >= 20 and subscriber.on("/health"), 60), "no messages"
+        assert wait_until(lambda: len(subscriber.on("/keypoints")) >= 20 and subscriber.on("/health"), 60), (
+            "no messages"
+        )
         # Retained or live: the broker is new, so the first health is the one sent on connecting.
         first_health = json.loads(subscriber.on("/health")[0][1])
         for outage_s in outages_s:
@@ -143,14 +137,14 @@ def run_outages(
             def new_keypoints(since_s: float = down_wall_s) -> list[tuple[str, bytes, bool, float, float]]:
                 return [m for m in subscriber.on("/keypoints") if json.loads(m[1])["timestamp"] > since_s]
 
-            assert _wait(lambda: bool(new_keypoints()), 15), "no keypoints after the outage"
+            assert wait_until(lambda: bool(new_keypoints()), 15), "no keypoints after the outage"
             delays_s.append(round(new_keypoints()[0][3] - up_monotonic_s, 2))
 
             def healths_since(since_s: float) -> list[dict[str, Any]]:
                 payloads = [json.loads(m[1]) for m in subscriber.on("/health", live_only=True)]
                 return [h for h in payloads if h["timestamp"] > since_s]
 
-            assert _wait(lambda t=up_wall_s: bool(healths_since(t)), 5), "no health after the outage"
+            assert wait_until(lambda t=up_wall_s: bool(healths_since(t)), 5), "no health after the outage"
             # Nothing made while the broker was away (it would say connected: false) is ever sent.
             assert all(h["timestamp"] > up_wall_s for h in healths_since(down_wall_s + 0.5))
             first_health_after.append(healths_since(up_wall_s)[0])
@@ -233,7 +227,7 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
     daemons.append(daemon)
     watcher = PersistentSubscriber(broker.port, f"edgepose/{device}/status")
     try:
-        assert _wait(lambda: bool(watcher.on("/status")), 60)
+        assert wait_until(lambda: bool(watcher.on("/status")), 60)
         assert watcher.on("/status")[-1][1] == b"online"
     finally:
         watcher.close()
@@ -282,7 +276,7 @@ def test_takeover_by_a_twin_is_an_error_in_log_and_health(
     daemons.append(daemon)
     subscriber = PersistentSubscriber(broker.port, f"edgepose/{device}/health")
     try:
-        assert _wait(lambda: bool(subscriber.on("/health", live_only=True)), 60)
+        assert wait_until(lambda: bool(subscriber.on("/health", live_only=True)), 60)
         # A second device with the same default id: it connects, and connects again.
         for attempt in range(3):
             twin = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgepose-{device}", protocol=mqtt.MQTTv5)
@@ -297,7 +291,7 @@ def test_takeover_by_a_twin_is_an_error_in_log_and_health(
             last = subscriber.on("/health", live_only=True)[-1]
             return int(json.loads(last[1])["mqtt"]["session_takeovers"]) >= 1
 
-        assert _wait(taken_over, 20)
+        assert wait_until(taken_over, 20)
         health = json.loads(subscriber.on("/health", live_only=True)[-1][1])["mqtt"]
         assert "session taken over" in health["last_error"] and "'edgepose-twin'" in health["last_error"]
         stderr = _stop(daemon)
