@@ -1,0 +1,2 @@
+"""Pose quality on labelled data: clips built from labelled photos, dataset readers, scoring, and the
+`edgepose eval` runner that drives the daemon's own stage over them."""
