@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from edgepose.crop import (
+    STABLE_AFTER_FRAMES,
+    STABLE_RATIOS,
     CropRegionTracker,
     determine_crop_region,
     low_pass_box,
     refine_crops,
+    second_pass_box,
     torso_and_body_range,
     torso_visible,
 )
@@ -156,7 +159,7 @@ def test_clamped_half_keeps_the_box_on_the_hips_when_it_just_fits() -> None:
 
 
 def test_tracker_first_box_is_unfiltered_then_low_passed_at_0_9() -> None:
-    tracker = CropRegionTracker()
+    tracker = CropRegionTracker(stable_ratios=None)  # upstream's margins on every frame
     assert tracker.box is None
     assert tracker.box_for_frame(H_PX, W_PX) == letterbox_box(H_PX, W_PX)
     first = tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
@@ -171,6 +174,19 @@ def test_tracker_first_box_is_unfiltered_then_low_passed_at_0_9() -> None:
     third = tracker.next_box(keypoints_px(moved), H_PX, W_PX)
     # 220 + 0.9 * 10 = 229
     assert_box(third, box_px(50, 229, 430, 609))
+
+
+def test_tracker_tightens_the_crop_once_the_track_is_stable_and_widens_it_when_lost() -> None:
+    tracker = CropRegionTracker(alpha=1.0)
+    kps = keypoints_px(TORSO_PX)
+    upstream = determine_crop_region(kps, H_PX, W_PX)
+    tight = determine_crop_region(kps, H_PX, W_PX, STABLE_RATIOS)
+    assert (tight.xmax - tight.xmin) < 0.9 * (upstream.xmax - upstream.xmin)
+    for _ in range(STABLE_AFTER_FRAMES):
+        assert_box(tracker.next_box(kps, H_PX, W_PX), upstream)
+    assert_box(tracker.next_box(kps, H_PX, W_PX), tight)
+    assert tracker.next_box(keypoints_px(TORSO_PX, score=0.05), H_PX, W_PX) == letterbox_box(H_PX, W_PX)
+    assert_box(tracker.next_box(kps, H_PX, W_PX), upstream)
 
 
 def test_tracker_jumps_to_letterbox_when_lost_and_filters_back_in() -> None:
@@ -294,3 +310,23 @@ def test_refine_crops_respects_max_passes() -> None:
 def test_rejects_wrong_keypoint_shape() -> None:
     with pytest.raises(ValueError, match="17, 3"):
         determine_crop_region(np.zeros((17, 2)), H_PX, W_PX)
+
+
+def test_second_pass_when_the_crop_was_the_letterbox_or_the_person_reached_its_edge() -> None:
+    kps = keypoints_px(TORSO_PX)
+    target = determine_crop_region(kps, H_PX, W_PX)
+    # Run on the letterbox (no track yet): the frame is worth a second pass on its own crop.
+    assert second_pass_box(kps, letterbox_box(H_PX, W_PX), H_PX, W_PX) == target
+    # Run on the crop it calls for: nothing to gain.
+    assert second_pass_box(kps, target, H_PX, W_PX) is None
+    # Run on last frame's crop, but the person moved so a shoulder is at its right edge.
+    stale = box_px(50, 130 - 165, 430, 510 - 165)
+    assert second_pass_box(kps, stale, H_PX, W_PX) == target
+    # A confident keypoint past the edge counts too; an unconfident one does not.
+    hand = kps.copy()
+    hand[KEYPOINT_INDEX["left_wrist"]] = (240 / H_PX, 530 / W_PX, 0.9)
+    assert second_pass_box(hand, target, H_PX, W_PX) is not None
+    hand[KEYPOINT_INDEX["left_wrist"], 2] = 0.1
+    assert second_pass_box(hand, target, H_PX, W_PX) is None
+    # No torso, no anchor for a crop: no second pass.
+    assert second_pass_box(keypoints_px(TORSO_PX, score=0.1), letterbox_box(H_PX, W_PX), H_PX, W_PX) is None

@@ -16,9 +16,17 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edgepose.config import ModelConfig
-from edgepose.crop import CropRegionTracker, refine_crops
+from edgepose.crop import (
+    SECOND_PASS_WIDE_RATIO,
+    STABLE_RATIOS,
+    CropRegionTracker,
+    box_side_ratio,
+    mean_keypoint_score,
+    refine_crops,
+    second_pass_box,
+)
 from edgepose.errors import ModelError
-from edgepose.geometry import box_to_frame, crop_and_resize_into, letterbox_box
+from edgepose.geometry import box_to_frame, crop_and_resize_into, frame_to_box, letterbox_box
 from edgepose.inference.movenet import SinglePoseEstimator, decode_singlepose, keypoints_to_pose
 from edgepose.inference.multipose import (
     decode_multipose,
@@ -194,7 +202,12 @@ def _one_euro(config: ModelConfig) -> OneEuroParams | None:
 
 class SinglePoseStage(_StageBase):
     """MoveNet single-pose. Video: the crop follows the person and keypoints are one-euro smoothed.
-    Stills: every frame stands alone, refined by re-running on the crop it finds."""
+    Stills: every frame stands alone, refined by re-running on the crop it finds.
+
+    Video accuracy fixes (docs/pose-quality.md): `second_pass` re-runs a frame whose crop was the
+    letterbox or missed the person; `tight_crop` narrows the crop's margins once the track is stable.
+    Both default on; off gives upstream tfjs behaviour, for comparison.
+    """
 
     def __init__(
         self,
@@ -204,6 +217,8 @@ class SinglePoseStage(_StageBase):
         smart_crop: bool = True,
         smoothing: OneEuroParams | None = None,
         mode: Mode = "video",
+        second_pass: bool = True,
+        tight_crop: bool = True,
     ) -> None:
         self.estimator = estimator
         self.backend = estimator.backend
@@ -213,8 +228,48 @@ class SinglePoseStage(_StageBase):
         self.smart_crop = smart_crop
         # prepare() reads the crop and finish() updates it, on different threads.
         self._crop_lock = threading.Lock()
-        self._crop = CropRegionTracker() if smart_crop and mode == "video" else None
+        tracker = CropRegionTracker(stable_ratios=STABLE_RATIOS if tight_crop else None)
+        self._crop = tracker if smart_crop and mode == "video" else None
         self._smoother = KeypointSmoother(smoothing) if smoothing is not None and mode == "video" else None
+        self.second_pass = second_pass
+        self.second_passes = 0  # how many frames needed one (read by eval and tests)
+        self._scratch: np.ndarray | None = None
+
+    def invoke(self, prepared: Prepared) -> list[np.ndarray]:
+        """One invoke, and a second one on a better crop when this frame's crop was wrong.
+
+        The crop a video frame is run on comes from an earlier frame, so it is the letterbox while a
+        track starts and it can miss a person who moved. `second_pass_box` tells from this frame's
+        own keypoints; the second pass runs here, on the invoke thread that owns the interpreter,
+        into a scratch tensor. Its keypoints are returned in the coordinates of `prepared.box` so
+        finish() decodes either pass the same way. The pass with the higher mean score is kept, as
+        the stills refinement does.
+        """
+        outputs = super().invoke(prepared)
+        if self._crop is None or not self.second_pass:
+            return outputs
+        frame = prepared.frame
+        first = decode_singlepose(outputs[0], prepared.box)
+        box = second_pass_box(first, prepared.box, frame.height_px, frame.width_px)
+        if box is None:
+            # This frame alone does not show the torso, but a frame finished since this one was
+            # prepared may have started a track (the pipeline prepares one frame ahead).
+            with self._crop_lock:
+                tracked = self._crop.box if self._crop.frame_size_px == (frame.height_px, frame.width_px) else None
+            if tracked is not None and box_side_ratio(prepared.box, tracked) > SECOND_PASS_WIDE_RATIO:
+                box = tracked
+        if box is None:
+            return outputs
+        if self._scratch is None:
+            self._scratch = self.estimator.new_input()
+        effective = self.estimator.prepare_into(frame.image, box, self._scratch)
+        second = decode_singlepose(self.backend.invoke(self._scratch)[0], effective)
+        self.second_passes += 1
+        if mean_keypoint_score(second) <= mean_keypoint_score(first):
+            return outputs
+        raw = second.copy()
+        raw[:, :2] = frame_to_box(second[:, :2], prepared.box)
+        return [raw.reshape(outputs[0].shape).astype(np.float32)]
 
     def prepare(self, frame: Frame, tensor: np.ndarray) -> Prepared:
         start = time.perf_counter()
