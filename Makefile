@@ -25,9 +25,9 @@ MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,systemd]' || { \
+	$(BIN)/pip install --quiet -e '.[dev,eval,systemd]' || { \
 		echo "systemd-python did not build (needs gcc, pkg-config, libsystemd-dev): installing without it" >&2; \
-		$(BIN)/pip install --quiet -e '.[dev]'; }
+		$(BIN)/pip install --quiet -e '.[dev,eval]'; }
 	@touch $@
 
 venv: $(STAMP)

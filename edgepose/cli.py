@@ -67,6 +67,44 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write each image with its skeleton drawn: into directory OUT, or to file OUT for one image",
     )
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a model and its settings on labelled stills, clips, a video or COCO data",
+        description="Runs the daemon's own stage over labelled data and prints each keypoint's error, "
+        "PCK at the upstream tolerance (21 px per 640 px) and, for COCO data, OKS AP.",
+    )
+    evaluate.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="stills labelled by --truth, in order")
+    evaluate.add_argument(
+        "--truth", type=Path, metavar="CSV", help="TF truth CSV: one row per image, or per video frame"
+    )
+    evaluate.add_argument(
+        "--clips",
+        choices=["none", "quick", "full"],
+        default="none",
+        help="also build moving clips from the labelled stills and score them in video mode",
+    )
+    evaluate.add_argument(
+        "--compare", action="store_true", help="clips also with the stills path, smart crop off, smoothing off"
+    )
+    evaluate.add_argument("--video", type=Path, help="a video file or a directory of frames, labelled by --truth")
+    evaluate.add_argument("--fps", type=float, default=30.0, help="frame rate of --video (default 30)")
+    evaluate.add_argument(
+        "--reference-px", type=float, help="video: size the tolerance scales with (default: frame height)"
+    )
+    evaluate.add_argument("--coco", type=Path, metavar="JSON", help="COCO person-keypoints annotations")
+    evaluate.add_argument("--coco-images", type=Path, metavar="DIR", help="where the COCO file's images are")
+    evaluate.add_argument(
+        "--order",
+        choices=["pipelined", "serial"],
+        default="pipelined",
+        help="video: pipelined = the daemon with a source faster than the model (default); "
+        "serial = a camera slower than the model",
+    )
+    evaluate.add_argument("--model", help="manifest name or .tflite path (default: the config's model.name)")
+    evaluate.add_argument("-c", "--config", type=Path, help="YAML config for model settings")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    evaluate.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     check = config_commands.add_parser("check", help="validate a config file")
@@ -174,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "infer":
             return _cmd_infer(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         if args.command == "config":
             return _cmd_config_check(args)
         if args.command == "models":
@@ -284,6 +324,31 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             print(json.dumps(line), flush=True)
         else:
             print(result.as_text() + (f"\n  annotated: {annotated}" if annotated is not None else ""), flush=True)
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgepose.evaluation.evaluate import EvalRequest, evaluate
+
+    config, _ = _load(args.config, args.overrides)
+    request = EvalRequest(
+        truth_csv=args.truth,
+        images=tuple(args.images),
+        clips=args.clips,
+        video=args.video,
+        video_fps=args.fps,
+        reference_px=args.reference_px,
+        coco=args.coco,
+        coco_images=args.coco_images,
+        pipelined=args.order == "pipelined",
+        compare=args.compare,
+    )
+
+    def with_overrides(extra: list[str]) -> Config:
+        return _load(args.config, [*args.overrides, *extra])[0]
+
+    report = evaluate(config, request, args.model, with_overrides)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_text(), flush=True)
     return EXIT_OK
 
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from edgepose.annotate import annotate
-from edgepose.config import Config
+from edgepose.config import Config, ModelConfig
 from edgepose.errors import OutputError, UsageError
-from edgepose.inference.runtime import effective_threads, load_runtime, open_cpu_backend
-from edgepose.inference.stage import build_stage
+from edgepose.inference.runtime import InferenceBackend, effective_threads, load_runtime, open_cpu_backend
+from edgepose.inference.stage import Mode, PoseStage, build_stage
 from edgepose.models import default_model_dir, load_manifest, resolve_model
 from edgepose.pose import CropBox, Pose
 from edgepose.sources.base import Frame, now_stamps
@@ -61,14 +61,31 @@ class StillResult:
         return "\n".join(lines)
 
 
-def infer_images(config: Config, images: Sequence[Path], model_name: str | None = None) -> Iterator[StillResult]:
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model opened on the CPU for offline use (`infer`, `eval`), and the settings its stages get."""
+
+    backend: InferenceBackend
+    name: str
+    config: ModelConfig
+
+    def stage(self, mode: Mode) -> PoseStage:
+        """A fresh stage (no crop or smoothing state carried over) running the daemon's code."""
+        return build_stage(self.backend, self.name, self.config, mode)
+
+
+def open_offline_model(config: Config, model_name: str | None = None) -> OfflineModel:
     manifest = load_manifest()
     model = resolve_model(model_name or config.model.name, default_model_dir(config.model.dir), manifest)
     threads, _ = effective_threads(config.model.num_threads)
     backend = open_cpu_backend(model.path, load_runtime(config.model.runtime), threads)
-    # Threshold 0: `infer` reports the best pose whatever its score; the score is in the output.
+    # Threshold 0: offline tools report the best pose whatever its score; the score is in the output.
     model_config = config.model.model_copy(update={"score_threshold": 0.0})
-    stage = build_stage(backend, model.spec.name if model.spec else model.path.stem, model_config, "stills")
+    return OfflineModel(backend, model.spec.name if model.spec else model.path.stem, model_config)
+
+
+def infer_images(config: Config, images: Sequence[Path], model_name: str | None = None) -> Iterator[StillResult]:
+    stage = open_offline_model(config, model_name).stage("stills")
     for index, path in enumerate(images):
         image = read_rgb(path, config.camera.max_image_pixels)
         wall, mono = now_stamps()
