@@ -17,7 +17,7 @@ endif
 MQTT_PORT ?= 1883
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
-.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages clean
+.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality clean
 
 # The `systemd` extra (systemd-python, what the Pi install uses) builds from source: it needs gcc,
 # pkg-config and libsystemd-dev. Without them the venv gets `.[dev]` only and its tests skip
@@ -79,6 +79,15 @@ bench-runtimes: models
 # (committed copy: bench/results/x86_64-2core-outages-6-12-20.json).
 test-outages: models
 	EDGEPOSE_OUTAGES=$(CURDIR)/bench/results/outages-latest.json $(BIN)/python -m pytest -q tests/test_reliability.py -k 6_12_20
+
+# The README's "Pose quality" table: every clip of the full set in the daemon's video path, against
+# the stills path on the same frames, smart crop off and smoothing off (several minutes on 2 cores).
+# The truth CSV comes from the shared test data; the photos are the fetched, checksummed samples.
+POSE_TRUTH ?= $(SHARED_DIR)/testdata/pose/pose_landmark_truth.csv
+pose-quality: models
+	$(BIN)/edgepose eval --truth $(POSE_TRUTH) $(EDGEPOSE_MODEL_DIR)/image1.png $(EDGEPOSE_MODEL_DIR)/image2.jpeg \
+		--clips full --compare --markdown > bench/results/pose-quality.md
+	$(BIN)/python bench/pose_quality_causes.py --json bench/results/pose-quality-causes.json
 
 bench-smoke: models
 	$(BIN)/python -m pytest -q -m slow tests/test_bench.py

@@ -104,6 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-c", "--config", type=Path, help="YAML config for model settings")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     evaluate.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    evaluate.add_argument(
+        "--markdown", action="store_true", help="only the summary table, one row per set, one column per variant"
+    )
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -348,7 +351,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _load(args.config, [*args.overrides, *extra])[0]
 
     report = evaluate(config, request, args.model, with_overrides)
-    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_text(), flush=True)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2), flush=True)
+    else:
+        print(report.as_markdown() if args.markdown else report.as_text(), flush=True)
     return EXIT_OK
 
 

@@ -40,6 +40,10 @@ from edgepose.stills import OfflineModel, open_offline_model
 
 ClipSet = Literal["none", "quick", "full"]
 
+# Variant names: the path a set went through, with the config's settings (others: --compare's).
+VIDEO_DEFAULTS = "video"
+STILLS_PATH = "stills path"
+
 # The issue's targets for clips, from the second frame on.
 TARGET_MEDIAN_RATIO = 1.0
 TARGET_MAX_RATIO = 1.5
@@ -88,6 +92,7 @@ class Section:
     summary: Summary
     second_passes: int = 0
     clip: bool = False
+    height_group: str = ""  # a clip's "all clips at person height N px" group
 
     @property
     def within_target(self) -> bool:
@@ -116,7 +121,7 @@ class Report:
     sections: list[Section] = field(default_factory=list)
     coco: CocoScores | None = None
 
-    def clip_sections(self, variant: str = "defaults") -> list[Section]:
+    def clip_sections(self, variant: str = VIDEO_DEFAULTS) -> list[Section]:
         return [s for s in self.sections if s.clip and s.variant == variant]
 
     def as_json(self) -> dict[str, Any]:
@@ -137,7 +142,7 @@ class Report:
         lines += [header, "-" * len(header)]
         for s in self.sections:
             m = s.summary
-            mark = ("" if s.within_target else "  (over target)") if s.clip and s.variant == "defaults" else ""
+            mark = ("" if s.within_target else "  (over target)") if s.clip and s.variant == VIDEO_DEFAULTS else ""
             lines.append(
                 f"{s.group:58} {s.variant:16} {m.frames:6d} {_ratio(m.median_worst_ratio)} {_ratio(m.max_worst_ratio)}"
                 f" {m.pck * 100:5.1f}%  {m.worst_frame}{mark}"
@@ -150,7 +155,7 @@ class Report:
                 f"from the second frame): {good} of {len(clips)}"
             )
         for s in self.sections:
-            if s.variant != "defaults" or s.clip:
+            if s.clip or s.variant not in (VIDEO_DEFAULTS, STILLS_PATH):
                 continue
             lines += [
                 "",
@@ -164,6 +169,50 @@ class Report:
         if self.coco is not None:
             stats = "  ".join(f"{k} {v:.3f}" for k, v in self.coco.stats.items())
             lines += ["", f"COCO OKS over {self.coco.images} images: {stats}"]
+        return "\n".join(lines)
+
+    def as_markdown(self) -> str:
+        """One row per set (stills, clips of one person height, video, COCO), one column per variant:
+        median and worst of the frames' worst keypoint over tolerance, and clips within the target."""
+        variants = list(dict.fromkeys(s.variant for s in self.sections))
+        groups = list(dict.fromkeys(s.group for s in self.sections if not s.clip))
+        cells = {(s.group, s.variant): s for s in self.sections if not s.clip}
+        header = ["set", "frames", *variants]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for group in groups:
+            first = next(cells[(group, v)] for v in variants if (group, v) in cells)
+            row = [group, str(first.summary.frames)]
+            for variant in variants:
+                section = cells.get((group, variant))
+                if section is None:
+                    row.append("")
+                    continue
+                cell = f"{section.summary.median_worst_ratio:.2f}× / {section.summary.max_worst_ratio:.2f}×"
+                clips = [c for c in self.sections if c.clip and c.variant == variant and c.height_group == group]
+                if clips:
+                    cell += f" ({sum(c.within_target for c in clips)}/{len(clips)})"
+                row.append(cell)
+            lines.append("| " + " | ".join(row) + " |")
+        clips = self.clip_sections()
+        if clips:
+            stills = {c.group: c for c in self.clip_sections(STILLS_PATH)}
+            lines += [
+                "",
+                "| clip (from the second frame) | video median | video worst | in target "
+                "| stills path median | stills path worst |",
+                "|---|---|---|---|---|---|",
+            ]
+            for clip in clips:
+                other = stills.get(clip.group)
+                tail = (
+                    "| |"
+                    if other is None
+                    else (f"{other.summary.median_worst_ratio:.2f}× | {other.summary.max_worst_ratio:.2f}× |")
+                )
+                lines.append(
+                    f"| {clip.group} | {clip.summary.median_worst_ratio:.2f}× | {clip.summary.max_worst_ratio:.2f}× | "
+                    f"{'yes' if clip.within_target else 'no'} | {tail}"
+                )
         return "\n".join(lines)
 
 
@@ -199,8 +248,8 @@ def score_clip(
 
 # The variants --compare adds, as config overrides (the stills path is a mode, not a setting).
 COMPARE_VARIANTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("defaults", (), "video"),
-    ("stills path", (), "stills"),
+    (VIDEO_DEFAULTS, (), "video"),
+    (STILLS_PATH, (), "stills"),
     ("smart crop off", ("model.smart_crop=false",), "video"),
     ("smoothing off", ("model.smoothing.enabled=false",), "video"),
 )
@@ -231,7 +280,7 @@ def evaluate(
         stage = model.stage("stills")
         poses = [best_pose(r) for r in run_stills(stage, (p.image for p in photos))]
         report.sections.append(
-            Section(f"stills ({len(photos)} images)", "defaults", summarize("stills", _scores(photos, poses)))
+            Section(f"stills ({len(photos)} images)", STILLS_PATH, summarize("stills", _scores(photos, poses)))
         )
     if request.clips != "none":
         specs = standard_clips(photos, quick=request.clips == "quick")
@@ -269,15 +318,19 @@ def _clip_sections(
     for spec in specs:
         frames = list(build_clip(photos, spec))
         scores, passes = score_clip(model, frames, mode, pipelined)
-        sections.append(
-            Section(spec.label(names), variant, summarize(spec.label(names), scores, skip_first=1), passes, clip=True)
-        )
+        group = _height_group(spec.person_height_px)
+        summary = summarize(spec.label(names), scores, skip_first=1)
+        sections.append(Section(spec.label(names), variant, summary, passes, clip=True, height_group=group))
         by_height.setdefault(spec.person_height_px, []).extend(scores[1:])
         by_height_passes[spec.person_height_px] = by_height_passes.get(spec.person_height_px, 0) + passes
     for height, scores in sorted(by_height.items(), reverse=True):
-        label = f"all clips at person height {height} px"
+        label = _height_group(height)
         sections.append(Section(label, variant, summarize(label, scores), by_height_passes[height]))
     return sections
+
+
+def _height_group(height_px: int) -> str:
+    return f"all clips at person height {height_px} px"
 
 
 def _video_section(model: OfflineModel, request: EvalRequest) -> Section:
@@ -300,7 +353,7 @@ def _video_section(model: OfflineModel, request: EvalRequest) -> Section:
     scores = _scores(frames, poses)
     label = f"video {request.video.name} ({len(frames)} frames)"
     return Section(
-        label, "defaults", summarize(label, scores, skip_first=1 if len(scores) > 1 else 0), _second_passes(stage)
+        label, VIDEO_DEFAULTS, summarize(label, scores, skip_first=1 if len(scores) > 1 else 0), _second_passes(stage)
     )
 
 
@@ -352,7 +405,7 @@ def _coco(model: OfflineModel, annotations: Path, images_dir: Path) -> tuple[Sec
     section = None
     if labelled:
         label = f"COCO {annotations.name} (single-person images: {len(labelled)} of {len(images)})"
-        section = Section(label, "defaults", summarize(label, _scores(labelled, poses)))
+        section = Section(label, STILLS_PATH, summarize(label, _scores(labelled, poses)))
     return section, CocoScores(len(images), stats)
 
 
