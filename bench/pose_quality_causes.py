@@ -33,7 +33,6 @@ from edgepose.evaluation.datasets import labelled_stills
 from edgepose.evaluation.metrics import FrameScore, score_frame, summarize
 from edgepose.evaluation.runner import TimedImage, best_pose, run_stills, run_video
 from edgepose.geometry import paste_region
-from edgepose.health import PipelineStats
 from edgepose.inference.movenet import SinglePoseEstimator
 from edgepose.inference.stage import SinglePoseStage
 from edgepose.smoothing import MOVENET_ONE_EURO, KeypointSmoother
@@ -83,7 +82,7 @@ def run_variant(
             results = list(run_stills(stage, (f.truth.image for f in frames)))
         elif oracle:
             # The crop each frame would get from its own truth: no lag, no keypoint noise.
-            results, stats = [], PipelineStats()
+            results = []
             for f in frames:
                 height, width = f.truth.image.shape[:2]
                 truth = np.c_[f.truth.keypoints_px[:, 1] / height, f.truth.keypoints_px[:, 0] / width, np.ones(17)]
@@ -92,7 +91,7 @@ def run_variant(
                 prepared = type(prepared)(prepared.frame, box, prepared.tensor, 0.0)
                 stage.estimator.prepare_into(f.truth.image, box, prepared.tensor)
                 outputs = stage.backend.invoke(prepared.tensor)
-                results.append(stage.finish(prepared, [np.array(o) for o in outputs], 0.0, stats))
+                results.append(stage.finish(prepared, [np.array(o) for o in outputs], 0.0))
         else:
             results = list(run_video(stage, (TimedImage(f.truth.image, f.timestamp_s) for f in frames), pipelined))
         extra += stage.second_passes

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepose.health import PipelineStats
 from edgepose.inference.stage import InferenceResult, PoseStage, Prepared
 from edgepose.pose import Pose
 from edgepose.sources.base import Frame
@@ -33,28 +32,26 @@ def best_pose(result: InferenceResult) -> Pose | None:
 
 
 def run_stills(stage: PoseStage, images: Iterable[np.ndarray]) -> Iterator[InferenceResult]:
-    stats = PipelineStats()
     for index, image in enumerate(images):
-        yield stage.process(Frame(image, float(index), float(index), index), stats)
+        yield stage.process(Frame(image, float(index), float(index), index))
 
 
 def run_video(stage: PoseStage, frames: Iterable[TimedImage], pipelined: bool = True) -> Iterator[InferenceResult]:
     """Results in frame order; time stamps drive the smoothing, as a camera's would."""
-    stats = PipelineStats()
     tensors = [stage.new_input(), stage.new_input()]
     pending: tuple[Prepared, list[np.ndarray], float] | None = None
     for index, timed in enumerate(frames):
         frame = Frame(timed.image, timed.timestamp_s, timed.timestamp_s, index)
         if not pipelined and pending is not None:
-            yield stage.finish(*pending, stats)
+            yield stage.finish(*pending)
             pending = None
         prepared = stage.prepare(frame, tensors[index % 2])
         tensors[index % 2] = prepared.tensor
         if pending is not None:
-            yield stage.finish(*pending, stats)
+            yield stage.finish(*pending)
         started = time.perf_counter()
         outputs = stage.invoke(prepared)
         # Outputs may be views of the interpreter's buffers: copy before the next invoke.
         pending = (prepared, [np.array(o, copy=True) for o in outputs], (time.perf_counter() - started) * 1e3)
     if pending is not None:
-        yield stage.finish(*pending, stats)
+        yield stage.finish(*pending)
