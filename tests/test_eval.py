@@ -18,7 +18,7 @@ from edgepose.evaluation.evaluate import EvalRequest, evaluate, score_clip
 from edgepose.evaluation.metrics import score_frame, summarize
 from edgepose.pose import KEYPOINT_NAMES, Keypoint, Pose
 from edgepose.stills import open_offline_model
-from tests.conftest import POSE_DATA, run_edgepose
+from tests.conftest import POSE_DATA, run_edgepose, write_video
 
 TRUTH_CSV = POSE_DATA / "pose_landmark_truth.csv"
 PHOTOS = (POSE_DATA / "image1.png", POSE_DATA / "image2.jpeg")
@@ -234,3 +234,29 @@ def test_evaluate_rejects_contradictory_requests() -> None:
         evaluate(config, EvalRequest(clips="quick", coco=Path("a.json"), coco_images=Path(".")))
     with pytest.raises(DatasetError, match="--coco and --coco-images go together"):
         evaluate(config, EvalRequest(coco=Path("a.json")))
+
+
+def test_eval_video_file_and_markdown_table(model_dir: Path, photos: list[LabelledImage], tmp_path: Path) -> None:
+    """A clip as an MJPG .avi (what a phone or OpenCV writes: lossy, read back through
+    cv2.VideoCapture) scores close to the lossless frames; --markdown prints the summary table."""
+    frames = list(build_clip(photos, ClipSpec(0, 320, 100, 200, step_x_px=2, frames=8)))
+    video = write_video(tmp_path / "clip.avi", [f.truth.image for f in frames], fps=30.0)
+    with (tmp_path / "truth.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TRUTH_COLUMNS)
+        writer.writerows(f.truth.keypoints_px.ravel() for f in frames)
+    result = run_edgepose(
+        "eval", "--markdown", "--video", str(video), "--truth", str(tmp_path / "truth.csv"),
+        "--reference-px", "320", model_dir=model_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "| set | frames | video |"
+    row = lines[2].split("|")
+    assert row[1].strip() == "video clip.avi (8 frames)" and row[2].strip() == "7"
+    median, worst = (float(v.strip().rstrip("×")) for v in row[3].split("/"))
+    assert median <= 1.0 and worst <= 1.5
+    short = tmp_path / "short.csv"
+    short.write_text(",".join(TRUTH_COLUMNS) + "\n" + ",".join(["1"] * 34) + "\n")
+    result = run_edgepose("eval", "--video", str(video), "--truth", str(short), model_dir=model_dir)
+    assert result.returncode == 65 and "1 rows, but the video has more frames" in result.stderr
