@@ -37,7 +37,12 @@ EQUIVALENT = ROOT / "docs" / "mutation-equivalent.json"
 # where a model is not what the module is about). mutmut runs, for each mutant, only the tests
 # among these that call the mutated function.
 MODULES: dict[str, list[str]] = {
-    "edgepose/geometry.py": ["tests/test_geometry.py", "tests/test_crop.py", "tests/test_accuracy.py"],
+    "edgepose/geometry.py": [
+        "tests/test_geometry.py",
+        "tests/test_movenet.py",
+        "tests/test_crop.py",
+        "tests/test_accuracy.py",
+    ],
     "edgepose/crop.py": ["tests/test_crop.py", "tests/test_smart_crop.py"],
     "edgepose/smoothing.py": ["tests/test_smoothing.py"],
     "edgepose/inference/movenet.py": [
@@ -88,7 +93,7 @@ def _mutmut_section(module: str, tests: list[str]) -> str:
     return (
         "\n[tool.mutmut]\n"
         'source_paths = ["edgepose"]\n'
-        'also_copy = ["models"]\n'
+        'also_copy = ["models", "config"]\n'
         f"only_mutate = [{json.dumps(module)}]\n"
         f"pytest_add_cli_args_test_selection = [{quoted}]\n"
         # Subprocess tests run the installed package, never the mutant; they only cost time here.
@@ -99,7 +104,7 @@ def _mutmut_section(module: str, tests: list[str]) -> str:
 def prepare(module: str, tests: list[str]) -> Path:
     work = WORK / Path(module).stem
     # Fresh copies of the sources, but mutmut's own mutants/ is kept: it re-tests only what changed.
-    for tree in ("edgepose", "tests", "models"):
+    for tree in ("edgepose", "tests", "models", "config"):
         if (work / tree).exists():
             shutil.rmtree(work / tree)
         shutil.copytree(ROOT / tree, work / tree, ignore=shutil.ignore_patterns("__pycache__"))

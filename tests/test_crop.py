@@ -330,3 +330,110 @@ def test_second_pass_when_the_crop_was_the_letterbox_or_the_person_reached_its_e
     assert second_pass_box(hand, target, H_PX, W_PX) is None
     # No torso, no anchor for a crop: no second pass.
     assert second_pass_box(keypoints_px(TORSO_PX, score=0.1), letterbox_box(H_PX, W_PX), H_PX, W_PX) is None
+
+
+def test_wide_shoulders_set_the_crop_through_the_torso_width() -> None:
+    # A person lying down: hips 40 px apart, shoulders 120 px to the right and only 10 px higher.
+    # torso reach x 120 px (y 10) -> half = 1.9 * 120 = 228 px; the body reach (1.2 * 120) is smaller.
+    kps = keypoints_px(
+        {
+            "left_hip": (240.0, 300.0),
+            "right_hip": (240.0, 340.0),
+            "left_shoulder": (230.0, 440.0),
+            "right_shoulder": (250.0, 440.0),
+        }
+    )
+    assert_box(determine_crop_region(kps, H_PX, W_PX), box_px(240 - 228, 320 - 228, 240 + 228, 320 + 228))
+
+
+@pytest.mark.parametrize(
+    ("hips_px", "shoulders_y_px"),
+    [
+        ((240.0, 600.0), 20.0),  # near the right edge: the left edge is 600 px away
+        ((240.0, 40.0), 20.0),  # near the left edge: the right edge is 600 px away
+        ((450.0, 320.0), 230.0),  # near the bottom: the top is 450 px away
+        ((30.0, 320.0), 250.0),  # near the top, upside down: the bottom is 450 px away
+    ],
+)
+def test_a_body_larger_than_the_frame_near_any_edge_gets_the_letterbox(
+    hips_px: tuple[float, float], shoulders_y_px: float
+) -> None:
+    """Torso 220 px -> half 418 px; the farthest edge is more than half the long side away, so even
+    clamped to it the square would be larger than the frame: the letterbox."""
+    hip_y, hip_x = hips_px
+    kps = keypoints_px(
+        {
+            "left_hip": (hip_y, hip_x - 10),
+            "right_hip": (hip_y, hip_x + 10),
+            "left_shoulder": (shoulders_y_px, hip_x - 10),
+            "right_shoulder": (shoulders_y_px, hip_x + 10),
+        }
+    )
+    assert determine_crop_region(kps, H_PX, W_PX) == letterbox_box(H_PX, W_PX)
+
+
+def test_body_range_is_zero_when_no_joint_is_confident() -> None:
+    reach = torso_and_body_range(keypoints_px(TORSO_PX, score=0.1), 240.0, 320.0, H_PX, W_PX)
+    assert (reach.torso_y_px, reach.torso_x_px) == pytest.approx((100.0, 30.0))  # the torso counts whatever its score
+    assert (reach.body_y_px, reach.body_x_px) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5, 1.5])
+def test_tracker_refuses_an_alpha_outside_0_to_1(alpha: float) -> None:
+    with pytest.raises(ValueError, match=rf"alpha must be in \(0, 1\], got {alpha}"):
+        CropRegionTracker(alpha=alpha)
+
+
+def test_tracker_with_alpha_1_follows_without_filtering() -> None:
+    tracker = CropRegionTracker(alpha=1.0)
+    tracker.next_box(keypoints_px(TORSO_PX), H_PX, W_PX)
+    moved = {name: (y, x + 100.0) for name, (y, x) in TORSO_PX.items()}
+    assert_box(tracker.next_box(keypoints_px(moved), H_PX, W_PX), box_px(50, 230, 430, 610))
+
+
+def test_refine_crops_runs_at_most_three_passes_by_default_and_one_when_asked() -> None:
+    for max_passes, expected in [(None, 3), (1, 1), (2, 2)]:
+        calls: list[CropBox] = []
+
+        def estimate(box: CropBox, calls: list[CropBox] = calls) -> np.ndarray:
+            calls.append(box)
+            grow_px = 10.0 * len(calls)  # a new crop and a better score every pass
+            points = {**TORSO_PX, "left_shoulder": (140.0 - grow_px, 290.0), "right_shoulder": (140.0 - grow_px, 350.0)}
+            return keypoints_px(points, score=0.2 + 0.1 * len(calls))
+
+        result = (
+            refine_crops(estimate, H_PX, W_PX) if max_passes is None else refine_crops(estimate, H_PX, W_PX, max_passes)
+        )
+        assert len(calls) == result.passes == expected
+
+
+@pytest.mark.parametrize("max_passes", [0, -1])
+def test_refine_crops_needs_at_least_one_pass(max_passes: int) -> None:
+    with pytest.raises(ValueError, match=f"max_passes must be at least 1, got {max_passes}"):
+        refine_crops(lambda box: keypoints_px(TORSO_PX), H_PX, W_PX, max_passes)
+
+
+def test_refine_crops_keeps_the_first_pass_when_the_crop_scores_the_same() -> None:
+    calls: list[CropBox] = []
+
+    def estimate(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        return keypoints_px(TORSO_PX, score=0.6)
+
+    result = refine_crops(estimate, H_PX, W_PX)
+    assert len(calls) == 2 and result.passes == 2
+    assert result.box == letterbox_box(H_PX, W_PX)
+
+
+def test_refine_crops_hands_back_float64_keypoints_and_counts_one_pass() -> None:
+    result = refine_crops(lambda box: keypoints_px(TORSO_PX, score=0.1).astype(np.float32), H_PX, W_PX)
+    assert result.keypoints.dtype == np.float64 and result.passes == 1
+    calls: list[CropBox] = []
+
+    def improving(box: CropBox) -> np.ndarray:
+        calls.append(box)
+        return keypoints_px(TORSO_PX, score=0.3 * len(calls)).astype(np.float32)
+
+    result = refine_crops(improving, H_PX, W_PX)
+    assert result.passes == 2 and result.keypoints.dtype == np.float64
+    assert result.keypoints[KEYPOINT_INDEX["left_hip"], 2] == pytest.approx(0.6)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
 
-from edgepose.geometry import box_to_frame
+from edgepose.errors import ModelError
+from edgepose.geometry import box_to_frame, letterbox_box
 from edgepose.inference.movenet import SinglePoseEstimator, decode_singlepose, keypoints_to_pose
 from edgepose.inference.runtime import TensorSpec
 from edgepose.pose import KEYPOINT_NAMES, CropBox
@@ -106,3 +109,83 @@ def test_keypoints_to_pose_names_x_and_y_and_averages_the_score() -> None:
     assert pose.keypoints[3].y == pytest.approx(0.03) and pose.keypoints[3].x == pytest.approx(0.53)
     assert pose.keypoints[3].score == pytest.approx(0.15)
     assert pose.score == pytest.approx(0.05 * 8)
+
+
+class ShapedBackend:
+    """A backend of any declared shape, answering zeros; for the estimator's model checks."""
+
+    kind = "cpu"
+
+    def __init__(
+        self, input_shape: tuple[int, ...], output_shapes: list[tuple[int, ...]], dtype: type = np.uint8
+    ) -> None:
+        self.input_spec = TensorSpec(0, "input", input_shape, np.dtype(dtype), 0.0, 0)
+        self.output_specs = [
+            TensorSpec(i + 1, f"out{i}", shape, np.dtype(np.float32), 0.0, 0) for i, shape in enumerate(output_shapes)
+        ]
+        self.invoke_s = 0.0
+
+    def invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
+        time.sleep(self.invoke_s)
+        return [np.zeros(spec.shape, np.float32) for spec in self.output_specs]
+
+    def resize_input(self, shape: tuple[int, ...]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "outputs", "message"),
+    [
+        ((1, 192, 192), [(1, 1, 17, 3)], r"input shape \(1, 192, 192\), expected \[1, N, N, 3\]"),
+        ((1, 192, 192, 4), [(1, 1, 17, 3)], r"input shape \(1, 192, 192, 4\)"),
+        ((1, 192, 256, 3), [(1, 1, 17, 3)], r"input shape \(1, 192, 256, 3\)"),
+        (
+            (1, 192, 192, 3),
+            [(1, 1, 17, 3), (1, 1)],
+            r"outputs \[\(1, 1, 17, 3\), \(1, 1\)\], expected one \[1, 1, 17, 3\]",
+        ),
+        ((1, 192, 192, 3), [(1, 6, 56)], r"outputs \[\(1, 6, 56\)\]"),
+        ((1, 192, 192, 3), [], r"outputs \[\]"),
+    ],
+)
+def test_a_model_that_is_not_movenet_singlepose_is_named(
+    input_shape: tuple[int, ...], outputs: list[tuple[int, ...]], message: str
+) -> None:
+    with pytest.raises(ModelError, match="not a MoveNet single-pose model: " + message):
+        SinglePoseEstimator(ShapedBackend(input_shape, outputs))
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(192, np.uint8), (256, np.float32)])
+def test_input_tensors_take_the_model_size_and_type(size: int, dtype: type) -> None:
+    estimator = SinglePoseEstimator(ShapedBackend((1, size, size, 3), [(1, 1, 17, 3)], dtype))
+    assert estimator.input_size_px == size
+    tensor = estimator.new_input()
+    assert tensor.shape == (1, size, size, 3) and tensor.dtype == dtype
+    frame = np.full((90, 160, 3), 200, np.uint8)
+    box = estimator.prepare_into(frame, None, tensor)
+    assert box == letterbox_box(90, 160)
+    # 160x90 letterboxed to size x (size * 90/160): the middle row is the frame's 200, the top row padding.
+    assert tensor[0, size // 2, size // 2].tolist() == [200, 200, 200] and tensor[0, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_estimate_times_each_stage_of_its_own_call() -> None:
+    backend = ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)])
+    backend.invoke_s = 0.05
+    estimator = SinglePoseEstimator(backend)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    started = time.perf_counter()
+    estimate = estimator.estimate(frame)
+    total_ms = (time.perf_counter() - started) * 1e3
+    timings = estimate.timings
+    assert timings.invoke_ms >= 50.0
+    assert 0.0 < timings.preprocess_ms < timings.invoke_ms and 0.0 < timings.decode_ms < timings.invoke_ms
+    assert timings.preprocess_ms + timings.invoke_ms + timings.decode_ms <= total_ms
+    assert estimate.box == letterbox_box(720, 1280)
+
+
+def test_decode_singlepose_refuses_another_output_shape() -> None:
+    with pytest.raises(ModelError, match=r"unexpected MoveNet output shape \(1, 1, 16, 3\): expected \[1, 1, 17, 3\]"):
+        decode_singlepose(np.zeros((1, 1, 16, 3)), letterbox_box(480, 640))

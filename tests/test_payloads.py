@@ -11,7 +11,15 @@ import pytest
 
 from edgepose.fleet.replay import photo_poses
 from edgepose.inference.movenet import keypoints_to_pose
-from edgepose.mqtt.payloads import KeypointsMessage, PayloadFormat, encode, keypoints_bytes, keypoints_payload
+from edgepose.mqtt.payloads import (
+    HealthReport,
+    KeypointsMessage,
+    PayloadFormat,
+    encode,
+    health_payload,
+    keypoints_bytes,
+    keypoints_payload,
+)
 from edgepose.pose import KEYPOINT_NAMES, BoundingBox, CropBox, Keypoint, Pose
 
 
@@ -172,3 +180,82 @@ def test_encode_writes_what_the_standard_library_writes() -> None:
         message = replace(_message(), poses=(keypoints_to_pose(keypoints),), seq=int(rng.integers(0, 2**40)))
         payload = keypoints_payload(message)
         assert encode(payload) == json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _percentiles(p50: float | None, p95: float | None) -> dict[str, float | None]:
+    return {"p50": p50, "p95": p95}
+
+
+def test_health_payload_carries_every_field_of_the_report() -> None:
+    latency = {
+        "inference": _percentiles(9.5, 12.25),
+        "capture_to_publish": _percentiles(20.0, 31.5),
+        "frame_age_at_inference": _percentiles(1.5, 2.75),
+        "stages": {
+            stage: _percentiles(float(i), float(i) + 0.5)
+            for i, stage in enumerate(("capture_wait", "preprocess", "invoke", "decode", "publish"))
+        },
+    }
+    counters = {
+        "frames_captured": 101,
+        "frames_inferred": 99,
+        "frames_published": 98,
+        "frames_dropped": 2,
+        "frames_dropped_stale": 2,
+        "frames_dropped_throttle": 0,
+        "frames_failed": 1,
+        "publish_failed": 1,
+        "source_reopens": 3,
+    }
+    mqtt = {"connected": True, "reconnects": 4, "queued": 5, "not_published": 6}
+    system = {"cpu_percent": 55.5, "memory_rss_mb": 120.25, "load1": 1.5, "cpu_temp_c": None}
+    report = HealthReport(
+        device_id="pi-lab",
+        timestamp_s=1764000000.12345,
+        uptime_s=61.25,
+        version="0.1.0",
+        state="degraded",
+        state_reason="source: no frame within 2.0s",
+        runtime="litert",
+        runtime_version="1.2.0",
+        backend="edgetpu",
+        backend_reason="auto: Coral found",
+        edgetpu_temp_c=48.5,
+        model="movenet_lightning_int8_edgetpu",
+        source="picamera2 camera 0 (imx708)",
+        num_threads=2,
+        fps={"capture": 30.0, "inference": 29.5, "published": 29.25},
+        latency_ms=latency,
+        counters=counters,
+        mqtt=mqtt,
+        system=system,
+    )
+    payload = json.loads(encode(health_payload(report)))
+    jsonschema.validate(payload, load_schema("health"))
+    assert payload == {
+        "schema": "edgepose.health/1",
+        "device_id": "pi-lab",
+        "timestamp": 1764000000.123,
+        "uptime_s": 61.2,
+        "version": "0.1.0",
+        "state": "degraded",
+        "state_reason": "source: no frame within 2.0s",
+        "runtime": "litert",
+        "runtime_version": "1.2.0",
+        "backend": "edgetpu",
+        "backend_reason": "auto: Coral found",
+        "edgetpu_temp_c": 48.5,
+        "model": "movenet_lightning_int8_edgetpu",
+        "source": "picamera2 camera 0 (imx708)",
+        "num_threads": 2,
+        "fps": {"capture": 30.0, "inference": 29.5, "published": 29.25},
+        "latency_ms": latency,
+        "counters": counters,
+        "mqtt": mqtt,
+        "system": system,
+    }
+
+
+def test_encode_is_compact_utf8_json() -> None:
+    assert encode({"device_id": "küche", "seq": [1, 2], "x": 0.5}) == b'{"device_id":"k\\u00fcche","seq":[1,2],"x":0.5}'
+    assert json.loads(encode({"device_id": "küche"})) == {"device_id": "küche"}

@@ -252,3 +252,93 @@ def test_rejects_bad_input() -> None:
         smoother.update(np.zeros((2, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1, 1])
     with pytest.raises(ValueError, match="track ids"):
         smoother.update(np.zeros((2, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"frequency_hz": 0.0}, "frequency and cutoffs must be positive"),
+        ({"min_cutoff_hz": 0.0}, "frequency and cutoffs must be positive"),
+        ({"derivative_cutoff_hz": 0.0}, "frequency and cutoffs must be positive"),
+        ({"frequency_hz": -1.0}, "frequency and cutoffs must be positive"),
+        ({"beta": -0.1}, "beta and threshold_beta must not be negative"),
+        ({"threshold_beta": -0.1}, "beta and threshold_beta must not be negative"),
+        ({"threshold_cutoff": 0.0}, "threshold_cutoff must be positive or None"),
+        ({"threshold_cutoff": -0.5}, "threshold_cutoff must be positive or None"),
+    ],
+)
+def test_params_refuse_values_the_filter_cannot_use(fields: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OneEuroParams(**fields)
+
+
+def test_params_accept_the_edges_of_their_ranges() -> None:
+    tiny = 1e-9
+    OneEuroParams(frequency_hz=tiny, min_cutoff_hz=tiny, derivative_cutoff_hz=tiny, beta=0.0, threshold_beta=0.0)
+    OneEuroParams(threshold_cutoff=None)
+    OneEuroParams(threshold_cutoff=tiny)
+
+
+@pytest.mark.parametrize("max_gap_s", [0.0, -1.0])
+def test_smoother_refuses_a_gap_that_is_not_positive(max_gap_s: float) -> None:
+    with pytest.raises(ValueError, match=f"max_gap_s must be positive, got {max_gap_s}"):
+        KeypointSmoother(max_gap_s=max_gap_s)
+
+
+def test_smoother_uses_the_params_it_is_given() -> None:
+    plain = OneEuroParams(min_cutoff_hz=HALF_CUTOFF_HZ, beta=0.0, threshold_cutoff=None)
+    smoother = KeypointSmoother(plain, max_gap_s=0.5)
+    smoother.update(np.full((17, 2), 0.0), 0.0, H_PX, W_PX)
+    np.testing.assert_allclose(smoother.update(np.full((17, 2), 0.5), DT_S, H_PX, W_PX), 0.25, atol=1e-12)
+    # 0.5 s is the gap it was given: 0.6 s later the filter restarts.
+    np.testing.assert_allclose(smoother.update(np.full((17, 2), 0.1), DT_S + 0.6, H_PX, W_PX), 0.1, atol=1e-15)
+    # After a reset the first sample passes through, and the tracks use the same params.
+    smoother.reset()
+    np.testing.assert_allclose(smoother.update(np.full((17, 2), 0.3), 5.0, H_PX, W_PX), 0.3, atol=1e-15)
+    tracked = KeypointSmoother(plain)
+    tracked.update(np.zeros((1, 17, 2)), 0.0, H_PX, W_PX, track_ids=[4])
+    np.testing.assert_allclose(tracked.update(np.full((1, 17, 2), 0.5), DT_S, H_PX, W_PX, track_ids=[4]), 0.25)
+
+
+def test_filter_reset_starts_over_at_the_configured_rate() -> None:
+    f = OneEuroFilter(OneEuroParams(min_cutoff_hz=HALF_CUTOFF_HZ, beta=0.0, threshold_cutoff=None))
+    f.apply(0.0, 0.0)
+    f.apply(1.0, 0.5)  # a 2 Hz rate
+    f.reset()
+    assert f.last_timestamp_s is None
+    assert float(f.apply(4.0, 10.0)) == 4.0  # first sample again
+    assert float(f.apply(5.0, 10.0 + DT_S)) == pytest.approx(4.5)  # alpha from the real interval: 0.5
+
+
+def test_a_shape_change_restarts_the_filter() -> None:
+    f = OneEuroFilter()
+    f.apply(np.zeros(3), 0.0)
+    np.testing.assert_array_equal(f.apply(np.ones(4), DT_S), np.ones(4))
+
+
+def test_tracks_unseen_for_longer_than_the_gap_start_over() -> None:
+    plain = OneEuroParams(min_cutoff_hz=HALF_CUTOFF_HZ, beta=0.0, threshold_cutoff=None)
+    smoother = KeypointSmoother(plain, max_gap_s=1.0)
+    smoother.update(np.zeros((1, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1])
+    smoother.update(np.zeros((1, 17, 2)), 0.5, H_PX, W_PX, track_ids=[2])  # track 1 not seen
+    # Track 1 was last seen 1.5 s ago: a fresh start, not a blend with 0.
+    out = smoother.update(np.full((2, 17, 2), 0.5), 1.5, H_PX, W_PX, track_ids=[1, 2])
+    np.testing.assert_allclose(out[0], 0.5, atol=1e-15)
+    assert not np.allclose(out[1], 0.5)  # track 2, 1 s later (not more than the gap): still filtered
+
+
+def test_rejects_bad_shapes_and_sizes_with_the_reason() -> None:
+    smoother = KeypointSmoother()
+    with pytest.raises(ValueError, match=r"keypoints_yx must be \(17, 2\) or \(N, 17, 2\), got \(17,\)"):
+        smoother.update(np.zeros(17), 0.0, H_PX, W_PX)
+    with pytest.raises(ValueError, match=r"got \(1, 1, 17, 2\)"):
+        smoother.update(np.zeros((1, 1, 17, 2)), 0.0, H_PX, W_PX)
+    for height_px, width_px in [(0, 640), (480, 0)]:
+        with pytest.raises(ValueError, match=f"frame size must be positive, got {width_px}x{height_px}"):
+            smoother.update(np.zeros((17, 2)), 0.0, height_px, width_px)
+    with pytest.raises(ValueError, match=r"got 1 track ids for 2 poses"):
+        smoother.update(np.zeros((2, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1])
+    with pytest.raises(ValueError, match=r"track ids must be unique within a frame, got \[1, 1\]"):
+        smoother.update(np.zeros((2, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1, 1])
+    # One pose with ids: a (17, 2) comes back as (17, 2).
+    assert smoother.update(np.zeros((17, 2)), 0.0, H_PX, W_PX, track_ids=[7]).shape == (17, 2)
