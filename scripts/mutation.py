@@ -52,7 +52,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_accuracy.py",
     ],
     "edgepose/mqtt/payloads.py": ["tests/test_payloads.py"],
-    "edgepose/config.py": ["tests/test_config.py"],
+    "edgepose/config.py": ["tests/test_config.py", "tests/test_config_hardening.py"],
 }
 
 # mutmut's status names, as `mutmut results --all true` prints them.

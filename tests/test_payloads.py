@@ -257,5 +257,7 @@ def test_health_payload_carries_every_field_of_the_report() -> None:
 
 
 def test_encode_is_compact_utf8_json() -> None:
-    assert encode({"device_id": "küche", "seq": [1, 2], "x": 0.5}) == b'{"device_id":"k\\u00fcche","seq":[1,2],"x":0.5}'
-    assert json.loads(encode({"device_id": "küche"})) == {"device_id": "küche"}
+    payload = {"device_id": "küche", "seq": [1, 2], "x": 0.5, "reason": None}
+    encoded = encode(payload)
+    assert isinstance(encoded, bytes) and b" " not in encoded  # no spaces after separators
+    assert json.loads(encoded.decode("utf-8")) == payload
