@@ -103,10 +103,11 @@ def _mutmut_section(module: str, tests: list[str]) -> str:
 
 def prepare(module: str, tests: list[str]) -> Path:
     work = WORK / Path(module).stem
-    # Fresh copies of the sources, but mutmut's own mutants/ is kept: it re-tests only what changed.
+    # A fresh start every time: mutmut re-tests a function only when its code changed, so a survivor
+    # from an earlier run would stay "survived" after a new test that kills it.
+    if work.exists():
+        shutil.rmtree(work)
     for tree in ("edgepose", "tests", "models", "config"):
-        if (work / tree).exists():
-            shutil.rmtree(work / tree)
         shutil.copytree(ROOT / tree, work / tree, ignore=shutil.ignore_patterns("__pycache__"))
     pyproject = (ROOT / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(pyproject + _mutmut_section(module, tests))

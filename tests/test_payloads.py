@@ -46,7 +46,7 @@ def _message(**overrides: Any) -> KeypointsMessage:
         model="movenet_lightning_int8",
         backend="cpu",
         inference_ms=4.123,
-        capture_to_publish_ms=6.0,
+        capture_to_publish_ms=6.127,
         poses=(_pose(),),
         crop=CropBox(-0.1667, 0.0, 1.1667, 1.0),
     )
@@ -60,7 +60,7 @@ def test_keypoints_payload_matches_documented_example_shape() -> None:
     assert payload["schema"] == "edgepose.keypoints/1"
     assert payload["seq"] == 42 and payload["timestamp"] == 1764000000.123
     assert payload["frame"] == {"width": 640, "height": 480}
-    assert payload["latency_ms"] == {"inference": 4.12, "capture_to_publish": 6.0}
+    assert payload["latency_ms"] == {"inference": 4.12, "capture_to_publish": 6.13}
     assert [k["name"] for k in payload["poses"][0]["keypoints"]] == list(KEYPOINT_NAMES)
     assert payload["poses"][0]["keypoints"][0] == {"name": "nose", "x": 0.1, "y": 0.2, "score": 0.5}
 
@@ -261,3 +261,16 @@ def test_encode_is_compact_utf8_json() -> None:
     encoded = encode(payload)
     assert isinstance(encoded, bytes) and b" " not in encoded  # no spaces after separators
     assert json.loads(encoded.decode("utf-8")) == payload
+
+
+def test_compact_boxes_are_null_for_a_pose_without_one() -> None:
+    with_box = _pose(0.7, track_id=3)
+    without = replace(_pose(0.4), track_id=5)
+    payload = json.loads(keypoints_bytes(_message(poses=(with_box, without)), PayloadFormat.COMPACT))
+    jsonschema.validate(payload, load_schema("keypoints-compact"))
+    assert payload["boxes"] == [[100, 250, 600, 900], None]
+
+
+def test_encode_names_what_json_cannot_carry() -> None:
+    with pytest.raises(ValueError, match=r"^payload holds a NaN or an infinity, which JSON cannot carry$"):
+        encode({"x": float("nan")})
