@@ -171,21 +171,62 @@ def test_input_tensors_take_the_model_size_and_type(size: int, dtype: type) -> N
     assert tensor[0, size // 2, size // 2].tolist() == [200, 200, 200] and tensor[0, 0, 0].tolist() == [0, 0, 0]
 
 
-def test_estimate_times_each_stage_of_its_own_call() -> None:
-    backend = ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)])
-    backend.invoke_s = 0.05
-    estimator = SinglePoseEstimator(backend)
-    frame = np.zeros((720, 1280, 3), np.uint8)
-    started = time.perf_counter()
-    estimate = estimator.estimate(frame)
-    total_ms = (time.perf_counter() - started) * 1e3
-    timings = estimate.timings
-    assert timings.invoke_ms >= 50.0
-    assert 0.0 < timings.preprocess_ms < timings.invoke_ms and 0.0 < timings.decode_ms < timings.invoke_ms
-    assert timings.preprocess_ms + timings.invoke_ms + timings.decode_ms <= total_ms
-    assert estimate.box == letterbox_box(720, 1280)
-
-
 def test_decode_singlepose_refuses_another_output_shape() -> None:
     with pytest.raises(ModelError, match=r"unexpected MoveNet output shape \(1, 1, 16, 3\): expected \[1, 1, 17, 3\]"):
         decode_singlepose(np.zeros((1, 1, 16, 3)), letterbox_box(480, 640))
+
+
+def _scaled_case() -> tuple[SinglePoseEstimator, np.ndarray, np.ndarray, np.ndarray]:
+    estimator = SinglePoseEstimator(ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)]))
+    frame = ramp_frame()  # 640x480 letterboxes to 192x144 at rows 24..168
+    scaled = np.full((144, 192, 3), 77, np.uint8)  # what the camera's scaler would hand over; 77 marks it
+    return estimator, frame, scaled, estimator.new_input()
+
+
+def test_a_frame_scaled_by_the_camera_is_pasted_as_is_for_the_letterbox() -> None:
+    estimator, frame, scaled, tensor = _scaled_case()
+    box = estimator.prepare_into(frame, None, tensor, scaled)
+    assert (tensor[0, 24:168] == 77).all() and (tensor[0, :24] == 0).all() and (tensor[0, 168:] == 0).all()
+    assert box == letterbox_box(H_PX, W_PX)
+    # The same for the letterbox asked for by name.
+    tensor[...] = 1
+    assert estimator.prepare_into(frame, letterbox_box(H_PX, W_PX), tensor, scaled) == letterbox_box(H_PX, W_PX)
+    assert (tensor[0, 24:168] == 77).all()
+
+
+def test_the_scaled_frame_is_not_used_when_it_does_not_fit() -> None:
+    estimator, frame, scaled, tensor = _scaled_case()
+    expected = estimator.new_input()
+    estimator.prepare_into(frame, None, expected)  # resized from the full frame
+    for other in (np.full((144, 190, 3), 77, np.uint8), np.full((142, 192, 3), 77, np.uint8)):
+        estimator.prepare_into(frame, None, tensor, other)
+        np.testing.assert_array_equal(tensor, expected)
+    # A smart-crop box is cut from the full frame, never from the scaled one.
+    crop = CropBox(0.1, 0.2, 0.7, 0.65)
+    estimator.prepare_into(frame, crop, expected)
+    estimator.prepare_into(frame, crop, tensor, scaled)
+    np.testing.assert_array_equal(tensor, expected)
+
+
+def test_a_float_model_resizes_the_full_frame_even_with_a_scaled_one() -> None:
+    estimator = SinglePoseEstimator(ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)], np.float32))
+    frame = ramp_frame()
+    expected = estimator.new_input()
+    estimator.prepare_into(frame, None, expected)
+    tensor = estimator.new_input()
+    estimator.prepare_into(frame, None, tensor, np.full((144, 192, 3), 77, np.uint8))
+    np.testing.assert_array_equal(tensor, expected)
+    assert not (tensor[0, 24:168] == 77).all()
+
+
+def test_stage_timings_are_milliseconds_of_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    estimator = SinglePoseEstimator(ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)]))
+    ticks = iter([10.0, 10.002, 10.052, 10.0525])  # start, prepared, invoked, decoded (perf_counter seconds)
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
+    timings = estimator.estimate(np.zeros((48, 64, 3), np.uint8)).timings
+    assert (timings.preprocess_ms, timings.invoke_ms, timings.decode_ms) == pytest.approx((2.0, 50.0, 0.5), rel=1e-6)
+
+
+def test_keypoints_to_pose_needs_all_17_rows() -> None:
+    with pytest.raises(ValueError):
+        keypoints_to_pose(np.zeros((16, 3)))

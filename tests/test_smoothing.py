@@ -342,3 +342,38 @@ def test_rejects_bad_shapes_and_sizes_with_the_reason() -> None:
         smoother.update(np.zeros((2, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1, 1])
     # One pose with ids: a (17, 2) comes back as (17, 2).
     assert smoother.update(np.zeros((17, 2)), 0.0, H_PX, W_PX, track_ids=[7]).shape == (17, 2)
+
+
+def test_integer_input_is_filtered_as_float() -> None:
+    f = OneEuroFilter(OneEuroParams(min_cutoff_hz=HALF_CUTOFF_HZ, beta=0.0, threshold_cutoff=None))
+    first = f.apply([0, 0], 0.0)
+    assert first.dtype == np.float64
+    np.testing.assert_allclose(f.apply([1, 3], DT_S), [0.5, 1.5])
+
+
+def test_default_gap_is_one_second() -> None:
+    smoother = KeypointSmoother()
+    smoother.update(np.full((17, 2), 0.4), 0.0, H_PX, W_PX)
+    np.testing.assert_allclose(smoother.update(np.full((17, 2), 0.6), 1.5, H_PX, W_PX), 0.6, atol=1e-15)
+
+
+def test_a_track_back_exactly_one_gap_later_is_still_filtered() -> None:
+    plain = OneEuroParams(min_cutoff_hz=HALF_CUTOFF_HZ, beta=0.0, threshold_cutoff=None)
+    smoother = KeypointSmoother(plain, max_gap_s=1.0)
+    smoother.update(np.zeros((1, 17, 2)), 0.0, H_PX, W_PX, track_ids=[1])
+    smoother.update(np.zeros((1, 17, 2)), 1.0, H_PX, W_PX, track_ids=[2])  # track 1 unseen for exactly 1 s
+    out = smoother.update(np.full((1, 17, 2), 0.5), 1.0, H_PX, W_PX, track_ids=[1])
+    assert not np.allclose(out, 0.5)  # not more than the gap: filtered, not restarted
+
+
+def test_tracks_gone_for_longer_than_the_gap_are_forgotten() -> None:
+    """Memory stays bounded however many people pass: one filter per track seen within the gap."""
+    smoother = KeypointSmoother(max_gap_s=1.0)
+    for step in range(50):
+        smoother.update(np.zeros((1, 17, 2)), step * 0.5, H_PX, W_PX, track_ids=[step])
+    assert len(smoother._tracks) <= 3
+
+
+def test_a_one_pixel_frame_is_a_frame() -> None:
+    out = KeypointSmoother().update(np.full((17, 2), 0.5), 0.0, 1, 1)
+    np.testing.assert_allclose(out, 0.5)
