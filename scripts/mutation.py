@@ -27,11 +27,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 RESULTS = ROOT / "docs" / "mutation.json"
 EQUIVALENT = ROOT / "docs" / "mutation-equivalent.json"
+REPORT = ROOT / "docs" / "mutation.md"
 
 # The pure modules and the fast test files that exercise them (no broker, no subprocess, no model
 # where a model is not what the module is about). mutmut runs, for each mutant, only the tests
@@ -139,28 +141,84 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
     parser.add_argument("--children", type=int, default=1, help="mutants tested in parallel (default 1)")
     parser.add_argument("--min-score", type=float, default=0.9, help="fail when a module scores below this")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-score docs/mutation.json with the equivalent list; run nothing"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON to update (default docs/mutation.json)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return rescore(args.min_score)
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         parser.error(f"not a module with a mutation test list: {', '.join(unknown)}")
     mutmut = Path(sys.executable).parent / "mutmut"
     equivalent: dict[str, str] = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results_path: Path = args.results
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("modules", {})
     failing = []
     for module in modules:
         score = run_module(module, MODULES[module], mutmut, args.children, equivalent)
         results["modules"][module] = score.as_json()
         results["tool"] = f"mutmut {importlib.metadata.version('mutmut')}"
-        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"{module}: {score.killed}/{score.total - len(score.equivalent)} killed ({score.score:.1%})")
         if score.score < args.min_score:
             failing.append(module)
+    REPORT.write_text(report(results, equivalent))
     if failing:
         print(f"below {args.min_score:.0%}: {', '.join(failing)}", file=sys.stderr)
         return 1
     return 0
+
+
+def rescore(min_score: float) -> int:
+    """Apply the current equivalent list to the committed results (after explaining more survivors)."""
+    equivalent: dict[str, str] = json.loads(EQUIVALENT.read_text())
+    results = json.loads(RESULTS.read_text())
+    failing = []
+    for module, row in results["modules"].items():
+        left = row["survived_not_equivalent"]
+        now_equivalent = [name for name in left if name in equivalent]
+        row["equivalent"] += len(now_equivalent)
+        row["survived_not_equivalent"] = [name for name in left if name not in equivalent]
+        killable = row["total"] - row["equivalent"]
+        row["score"] = round(1.0 if killable == 0 else row["killed"] / killable, 4)
+        if row["score"] < min_score:
+            failing.append(module)
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    REPORT.write_text(report(results, equivalent))
+    if failing:
+        print(f"below {min_score:.0%}: {', '.join(failing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(results: dict[str, Any], equivalent: dict[str, str]) -> str:
+    """docs/mutation.md: the score table and every equivalent mutant with the reason."""
+    lines = [
+        "# Mutation scores",
+        "",
+        f"Written by `make mutants` ({results.get('tool', 'mutmut')}); how it runs: [testing.md](testing.md).",
+        "Score = killed / (mutants - equivalent). Raw numbers: [mutation.json](mutation.json).",
+        "",
+        "| module | mutants | killed | equivalent | survived | score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for module, row in sorted(results["modules"].items()):
+        survived = len(row["survived_not_equivalent"])
+        lines.append(
+            f"| `{module}` | {row['total']} | {row['killed']} | {row['equivalent']} | {survived} | {row['score']:.1%} |"
+        )
+    lines += ["", "## Equivalent mutants", "", "No test can tell these from the original code:", ""]
+    for name, reason in sorted(equivalent.items()):
+        lines.append(f"- `{name}`: {reason}")
+    survivors = [(m, n) for m, row in sorted(results["modules"].items()) for n in row["survived_not_equivalent"]]
+    if survivors:
+        lines += ["", "## Surviving mutants not yet killed", ""]
+        lines += [f"- `{name}`" for _, name in survivors]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
