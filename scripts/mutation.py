@@ -54,6 +54,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_accuracy.py",
     ],
     "edgepose/mqtt/payloads.py": ["tests/test_payloads.py"],
+    # Added by later issues, of the same kind: pure functions over payloads.
+    "edgepose/mqtt/decode.py": ["tests/test_decode.py", "tests/test_payloads.py"],
     "edgepose/config.py": ["tests/test_config.py", "tests/test_config_hardening.py"],
 }
 
@@ -64,13 +66,42 @@ _RESULT_LINE = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
 
 
 @dataclass(frozen=True)
+class Mutant:
+    """A surviving mutant by what it changes, not by mutmut's number (which shifts when code is edited)."""
+
+    name: str
+    function: str  # e.g. edgepose.geometry.x_crop_and_resize_into
+    removed: str  # the original line(s), stripped
+    added: str  # the mutated line(s), stripped
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "removed": self.removed, "added": self.added}
+
+    def explained_by(self, equivalent: list[dict[str, str]]) -> str | None:
+        for entry in equivalent:
+            if (entry["function"], entry["removed"], entry["added"]) == (self.function, self.removed, self.added):
+                return entry["reason"]
+        return None
+
+
+def _function_of(name: str) -> str:
+    return name.rsplit("__mutmut_", 1)[0]
+
+
+def describe(work: Path, mutmut: Path, name: str) -> Mutant:
+    shown = subprocess.run([str(mutmut), "show", name], cwd=work, check=True, capture_output=True, text=True).stdout
+    removed = [line[1:].strip() for line in shown.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:].strip() for line in shown.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return Mutant(name, _function_of(name), "\n".join(removed), "\n".join(added))
+
+
+@dataclass(frozen=True)
 class ModuleScore:
     module: str
     total: int
     killed: int
-    survived: list[str]
-    no_tests: list[str]
-    equivalent: list[str]
+    survivors: list[Mutant]
+    equivalent: list[Mutant]
     seconds: float
 
     @property
@@ -84,7 +115,7 @@ class ModuleScore:
             "total": self.total,
             "killed": self.killed,
             "equivalent": len(self.equivalent),
-            "survived_not_equivalent": sorted(set(self.survived + self.no_tests) - set(self.equivalent)),
+            "survived_not_equivalent": [m.as_json() for m in self.survivors if m not in self.equivalent],
             "score": round(self.score, 4),
             "seconds": round(self.seconds, 1),
         }
@@ -116,7 +147,9 @@ def prepare(module: str, tests: list[str]) -> Path:
     return work
 
 
-def run_module(module: str, tests: list[str], mutmut: Path, children: int, equivalent: dict[str, str]) -> ModuleScore:
+def run_module(
+    module: str, tests: list[str], mutmut: Path, children: int, equivalent: list[dict[str, str]]
+) -> ModuleScore:
     work = prepare(module, tests)
     started = time.monotonic()
     subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, check=True)
@@ -130,10 +163,10 @@ def run_module(module: str, tests: list[str], mutmut: Path, children: int, equiv
         if match:
             statuses[match["name"]] = match["status"]
     killed = sum(1 for status in statuses.values() if status in KILLED)
-    survived = sorted(name for name, status in statuses.items() if status == "survived")
-    no_tests = sorted(name for name, status in statuses.items() if status in NOT_RUN)
-    equivalent_here = sorted(name for name in statuses if name in equivalent)
-    return ModuleScore(module, len(statuses), killed, survived, no_tests, equivalent_here, seconds)
+    left = sorted(name for name, status in statuses.items() if status == "survived" or status in NOT_RUN)
+    survivors = [describe(work, mutmut, name) for name in left]
+    explained = [m for m in survivors if m.explained_by(equivalent)]
+    return ModuleScore(module, len(statuses), killed, survivors, explained, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"not a module with a mutation test list: {', '.join(unknown)}")
     mutmut = Path(sys.executable).parent / "mutmut"
-    equivalent: dict[str, str] = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    equivalent: list[dict[str, str]] = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else []
     results_path: Path = args.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("modules", {})
@@ -173,16 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _mutant_of(module: str, entry: str | dict[str, str]) -> Mutant:
+    if isinstance(entry, str):  # a bare name (older results): ask mutmut in the module's work directory
+        mutmut = Path(sys.executable).parent / "mutmut"
+        return describe(WORK / Path(module).stem, mutmut, entry)
+    return Mutant(entry["name"], _function_of(entry["name"]), entry["removed"], entry["added"])
+
+
 def rescore(min_score: float) -> int:
     """Apply the current equivalent list to the committed results (after explaining more survivors)."""
-    equivalent: dict[str, str] = json.loads(EQUIVALENT.read_text())
+    equivalent: list[dict[str, str]] = json.loads(EQUIVALENT.read_text())
     results = json.loads(RESULTS.read_text())
     failing = []
     for module, row in results["modules"].items():
-        left = row["survived_not_equivalent"]
-        now_equivalent = [name for name in left if name in equivalent]
+        left = [
+            Mutant(m["name"], _function_of(m["name"]), m["removed"], m["added"]) for m in row["survived_not_equivalent"]
+        ]
+        now_equivalent = [m for m in left if m.explained_by(equivalent)]
         row["equivalent"] += len(now_equivalent)
-        row["survived_not_equivalent"] = [name for name in left if name not in equivalent]
+        row["survived_not_equivalent"] = [m.as_json() for m in left if m not in now_equivalent]
         killable = row["total"] - row["equivalent"]
         row["score"] = round(1.0 if killable == 0 else row["killed"] / killable, 4)
         if row["score"] < min_score:
@@ -195,7 +237,7 @@ def rescore(min_score: float) -> int:
     return 0
 
 
-def report(results: dict[str, Any], equivalent: dict[str, str]) -> str:
+def report(results: dict[str, Any], equivalent: list[dict[str, str]]) -> str:
     """docs/mutation.md: the score table and every equivalent mutant with the reason."""
     lines = [
         "# Mutation scores",
@@ -211,13 +253,17 @@ def report(results: dict[str, Any], equivalent: dict[str, str]) -> str:
         lines.append(
             f"| `{module}` | {row['total']} | {row['killed']} | {row['equivalent']} | {survived} | {row['score']:.1%} |"
         )
-    lines += ["", "## Equivalent mutants", "", "No test can tell these from the original code:", ""]
-    for name, reason in sorted(equivalent.items()):
-        lines.append(f"- `{name}`: {reason}")
-    survivors = [(m, n) for m, row in sorted(results["modules"].items()) for n in row["survived_not_equivalent"]]
+    lines += ["", "## Equivalent mutants", "", "No test can tell these changes from the original code:", ""]
+    for entry in sorted(equivalent, key=lambda e: (e["function"], e["removed"], e["added"])):
+        function = entry["function"].replace("\u01c1", ".").replace(".x_", ".").replace("..x", ".")
+        change = f"`{entry['removed']}` → `{entry['added']}`".replace("\n", " ")
+        lines.append(f"- `{function}`: {change}: {entry['reason']}")
+    survivors = [(m, s) for m, row in sorted(results["modules"].items()) for s in row["survived_not_equivalent"]]
     if survivors:
         lines += ["", "## Surviving mutants not yet killed", ""]
-        lines += [f"- `{name}`" for _, name in survivors]
+        for _, mutant in survivors:
+            change = f"`{mutant['removed']}` → `{mutant['added']}`".replace("\n", " ")
+            lines.append(f"- `{mutant['name']}`: {change}")
     return "\n".join(lines) + "\n"
 
 

@@ -437,3 +437,20 @@ def test_refine_crops_hands_back_float64_keypoints_and_counts_one_pass() -> None
     result = refine_crops(improving, H_PX, W_PX)
     assert result.passes == 2 and result.keypoints.dtype == np.float64
     assert result.keypoints[KEYPOINT_INDEX["left_hip"], 2] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("at_threshold", ["left_hip", "right_hip", "left_shoulder", "right_shoulder"])
+def test_a_joint_exactly_at_0_2_does_not_make_the_torso_visible(at_threshold: str) -> None:
+    """Every other torso joint is confident except the partner of `at_threshold`, which is unseen."""
+    partner = {
+        "left_hip": "right_hip",
+        "right_hip": "left_hip",
+        "left_shoulder": "right_shoulder",
+        "right_shoulder": "left_shoulder",
+    }[at_threshold]
+    kps = keypoints_px(TORSO_PX, score=0.9)
+    kps[KEYPOINT_INDEX[partner], 2] = 0.0
+    kps[KEYPOINT_INDEX[at_threshold], 2] = 0.2
+    assert not torso_visible(kps)
+    kps[KEYPOINT_INDEX[at_threshold], 2] = 0.21
+    assert torso_visible(kps)

@@ -194,3 +194,21 @@ def test_scaled_frame_pastes_where_the_resize_would_and_a_wrong_size_is_refused(
     assert paste_scaled_into(scaled, 480, 640, pasted) == expected_box
     np.testing.assert_array_equal(pasted, resized)  # margins zeroed, content as given
     assert paste_scaled_into(scaled[:, :190], 480, 640, pasted) is None
+
+
+def test_scaled_letterbox_of_a_portrait_frame_and_a_non_square_input() -> None:
+    # 480 wide x 640 high into 192: 144 x 192 content, 24 columns of padding either side.
+    assert letterbox_content_size(640, 480, 192) == (144, 192)
+    scaled = np.full((192, 144, 3), 60, np.uint8)
+    out = np.full((192, 192, 3), 9, np.uint8)
+    assert paste_scaled_into(scaled, 640, 480, out) == letterbox_box(640, 480)
+    assert (out[:, 24:168] == 60).all() and (out[:, :24] == 0).all() and (out[:, 168:] == 0).all()
+    # A non-square input: the letterbox square of 640x480 stretched into 96 high x 256 wide.
+    wide = np.full((96, 256, 3), 9, np.uint8)
+    expected = np.full((96, 256, 3), 9, np.uint8)
+    expected_box = crop_and_resize_into(np.full((480, 640, 3), 60, np.uint8), letterbox_box(480, 640), expected)
+    region = paste_region(letterbox_box(480, 640), 480, 640, 96, 256)
+    assert (region.dst_y0, region.dst_y1, region.dst_x0, region.dst_x1) == (12, 84, 0, 256)
+    content = np.full((72, 256, 3), 60, np.uint8)
+    assert paste_scaled_into(content, 480, 640, wide) == expected_box
+    np.testing.assert_array_equal(wide, expected)
