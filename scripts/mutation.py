@@ -56,7 +56,7 @@ MODULES: dict[str, list[str]] = {
     "edgepose/mqtt/payloads.py": ["tests/test_payloads.py"],
     # Added by later issues, of the same kind: pure functions over payloads.
     "edgepose/mqtt/decode.py": ["tests/test_decode.py", "tests/test_payloads.py"],
-    "edgepose/config.py": ["tests/test_config.py", "tests/test_config_hardening.py"],
+    "edgepose/config.py": ["tests/test_config.py", "tests/test_config_parts.py", "tests/test_config_hardening.py"],
 }
 
 # mutmut's status names, as `mutmut results --all true` prints them.
