@@ -223,8 +223,10 @@ def test_stage_timings_are_milliseconds_of_each_step(monkeypatch: pytest.MonkeyP
     estimator = SinglePoseEstimator(ShapedBackend((1, 192, 192, 3), [(1, 1, 17, 3)]))
     ticks = iter([10.0, 10.002, 10.052, 10.0525])  # start, prepared, invoked, decoded (perf_counter seconds)
     monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
-    timings = estimator.estimate(np.zeros((48, 64, 3), np.uint8)).timings
+    estimate = estimator.estimate(np.zeros((48, 64, 3), np.uint8))
+    timings = estimate.timings
     assert (timings.preprocess_ms, timings.invoke_ms, timings.decode_ms) == pytest.approx((2.0, 50.0, 0.5), rel=1e-6)
+    assert estimate.box == letterbox_box(48, 64)  # the box the keypoints were decoded through
 
 
 def test_keypoints_to_pose_needs_all_17_rows() -> None:
