@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edgepose.localbroker import free_port, mosquitto_binary
 from tests.tlsfiles import TlsFiles
 
@@ -35,7 +37,8 @@ class ConfiguredBroker:
     def start(self, timeout_s: float = 5.0) -> float:
         """Start and wait until the port accepts; returns the monotonic time it did."""
         binary = mosquitto_binary()
-        assert binary is not None, "mosquitto is not installed"
+        if binary is None:  # a bare machine runs the other tests on the embedded amqtt broker
+            pytest.skip("needs mosquitto (TLS, password file, persistence, MQTT 5); the embedded amqtt broker has none")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=log, cwd=self.workdir)
         deadline = time.monotonic() + timeout_s

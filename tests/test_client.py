@@ -108,7 +108,7 @@ class Collected:
         self.errors.append(str(error))
 
 
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("protocol", [pytest.param("5", marks=pytest.mark.needs_mqtt5), "3.1.1"])
 def test_compact_round_trips_through_the_broker_to_the_same_poses_as_json(broker: Broker, protocol: Any) -> None:
     handler = Collected()
     message = _message(poses=tuple(photo_poses()))
@@ -137,6 +137,7 @@ def test_unreachable_broker_is_one_clear_error(broker_factory: Any) -> None:
         client.start(timeout_s=2)
 
 
+@pytest.mark.needs_mqtt5  # FleetClient's default protocol
 def test_a_device_that_dies_without_disconnecting_goes_offline(broker: Broker) -> None:
     """SIGKILL the simulator: no DISCONNECT, no `offline` of its own; the broker's Last Will tells us."""
     tracker = FleetTracker()
@@ -197,6 +198,7 @@ class Frames:
         self.errors.append(str(error))
 
 
+@pytest.mark.needs_mqtt5  # FleetClient's default protocol
 def test_daemon_publishes_compact_that_the_client_decodes(broker: Broker, model_dir: Any) -> None:
     handler = Frames()
     with FleetClient(broker.host, broker.port, Subscription(device_id="compact-demo"), handler):

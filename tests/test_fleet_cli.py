@@ -68,6 +68,7 @@ def fleet_sim(broker: Broker, out: Path, *args: str) -> dict[str, Any]:
     return sim_report(start_fleet_sim(broker, out, *args), out)
 
 
+@pytest.mark.needs_mqtt5  # shared subscriptions ($share) and watch's default protocol
 def test_shared_group_splits_the_stream_between_two_consumers(broker: Broker, tmp_path: Path) -> None:
     members = [Watcher(broker, tmp_path / f"member{n}.json", "--share", "analytics") for n in range(2)]
     whole = Watcher(broker, tmp_path / "whole.json", "--record", str(tmp_path / "all.jsonl"))
@@ -105,6 +106,7 @@ def test_shared_group_splits_the_stream_between_two_consumers(broker: Broker, tm
     assert statuses.count(DeviceState.ONLINE.value) == 6 and statuses.count(DeviceState.OFFLINE.value) == 6
 
 
+@pytest.mark.needs_mqtt5  # watch's default protocol
 def test_watch_counts_exactly_the_messages_a_lossy_device_dropped(broker: Broker, tmp_path: Path) -> None:
     watcher = Watcher(broker, tmp_path / "watch.json")
     watcher.wait_subscribed()
