@@ -17,7 +17,7 @@ endif
 MQTT_PORT ?= 1883
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
-.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality clean
+.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality bench-fleet bench-payloads test-cluster clean
 
 # The `systemd` extra (systemd-python, what the Pi install uses) builds from source: it needs gcc,
 # pkg-config and libsystemd-dev. Without them the venv gets `.[dev]` only and its tests skip
@@ -91,6 +91,25 @@ pose-quality: models
 
 bench-smoke: models
 	$(BIN)/python -m pytest -q -m slow tests/test_bench.py
+
+# Fleet capacity (docs/fleet.md): fleet-sim -> one mosquitto -> two consumers in a shared group, for
+# 50/200/500/1000 devices x 10/30 fps x json/compact, 8 s each, then the 500 x 10 fps x 20 s target.
+# About 6 minutes. Opt-in: it loads the whole machine.
+FLEET_OUT ?= bench/results/fleet-latest
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet.py --json $(FLEET_OUT).json --markdown $(FLEET_OUT).md --label "$(FLEET_LABEL)"
+
+# Keypoints payload formats: json, compact, and compact as MessagePack / CBOR (bench extra).
+bench-payloads: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/payload_formats.py --json bench/results/payload-formats-latest.json
+
+# A 3-node RabbitMQ cluster (MQTT plugin) on loopback: what it gives edgepose (retained status and
+# Last Will across nodes, QoS 1, shared subscriptions, MQTT 5), then the fleet spread over its nodes
+# (docs/fleet.md). Opt-in: needs `apt install rabbitmq-server` and about 5 minutes.
+CLUSTER_OUT ?= bench/results/cluster-latest
+test-cluster: $(STAMP)
+	$(BIN)/python bench/cluster.py --json $(CLUSTER_OUT).json --markdown $(CLUSTER_OUT).md --label "$(FLEET_LABEL)"
 
 clean:
 	rm -rf $(VENV) .venv-tflite .cache .mypy_cache .ruff_cache .pytest_cache .mutation

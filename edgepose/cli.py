@@ -162,6 +162,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-0000, PREFIX-0001, ...")
     sim.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default: 5)")
     sim.add_argument("--qos", type=int, choices=[0, 1], default=0, help="keypoints QoS (default 0, as the daemon)")
+    sim.add_argument(
+        "--keypoints-expiry",
+        type=int,
+        default=0,
+        metavar="S",
+        help="MQTT 5 message expiry on keypoints, seconds (default 0: none)",
+    )
     sim.add_argument("--health-interval", type=float, default=10.0, metavar="S", help="retained health period")
     sim.add_argument("--processes", type=int, default=0, metavar="P", help="event-loop processes (default: auto)")
     sim.add_argument("--loss-percent", type=float, default=0.0, metavar="P", help="drop P%% of keypoints (seq gaps)")
@@ -430,6 +437,8 @@ def _cmd_fleet_sim(args: argparse.Namespace) -> int:
     for name, value in (("--devices", args.devices), ("--fps", args.fps), ("--duration", args.duration)):
         if value <= 0:
             raise UsageError(f"{name} {value}: must be positive")
+    if args.keypoints_expiry < 0 or (args.keypoints_expiry and args.protocol != "5"):
+        raise UsageError(f"--keypoints-expiry {args.keypoints_expiry}: needs --protocol 5 and a value >= 0")
     if not 0 <= args.loss_percent < 100:
         raise UsageError(f"--loss-percent {args.loss_percent}: must be in 0..100")
     config = SimConfig(
@@ -442,6 +451,7 @@ def _cmd_fleet_sim(args: argparse.Namespace) -> int:
         id_prefix=args.id_prefix,
         protocol=args.protocol,
         qos_keypoints=args.qos,
+        keypoints_expiry_s=args.keypoints_expiry,
         health_interval_s=args.health_interval,
         processes=args.processes,
         loss_percent=args.loss_percent,

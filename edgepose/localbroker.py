@@ -87,6 +87,11 @@ class LocalBroker:
         name = "the embedded broker" if self.embedded else "mosquitto"
         raise EdgeposeError(f"{name} did not start on port {self.port}: {self.log_path.read_text()[-500:]}")
 
+    @property
+    def pid(self) -> int | None:
+        """The running mosquitto's process id (bench/fleet.py measures its CPU)."""
+        return self._process.pid if self._process is not None else None
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()

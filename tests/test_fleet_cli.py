@@ -153,3 +153,47 @@ def test_no_broker_is_exit_69(broker_factory: Any) -> None:
         assert result.returncode == 69, result.stderr
         assert f"cannot connect to MQTT broker 127.0.0.1:{stopped.port}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def _persistent_consumer(broker: Broker, topic: str, client_id: str) -> tuple[Any, list[bytes]]:
+    """An MQTT 5 consumer with a 60 s session: the broker queues QoS 1 messages while it is away."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    client.on_subscribe = lambda *a: subscribed.set()
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 60
+    client.connect(broker.host, broker.port, clean_start=False, properties=properties)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(5)
+    return client, got
+
+
+@pytest.mark.parametrize("expiry_s", [0, 1])
+def test_keypoints_expiry_spares_a_returning_consumer_stale_frames(broker: Broker, expiry_s: int) -> None:
+    from edgepose.fleet.sim import BrokerAddress, SimConfig, run_fleet
+
+    prefix = f"exp{expiry_s}"
+    client, got = _persistent_consumer(broker, "edgepose/+/keypoints", f"analytics-{prefix}")
+    client.disconnect()  # away: its session keeps the QoS 1 subscription
+    client.loop_stop()
+    broker_address = (BrokerAddress(broker.host, broker.port),)
+    report = run_fleet(
+        SimConfig(2, 10, 1.0, broker_address, id_prefix=prefix, qos_keypoints=1, keypoints_expiry_s=expiry_s)
+    )
+    time.sleep(2.0)  # the consumer comes back after every frame is more than a second old
+    client, got = _persistent_consumer(broker, "edgepose/+/keypoints", f"analytics-{prefix}")
+    time.sleep(1.0)
+    client.disconnect()
+    client.loop_stop()
+    assert report["sent"] > 10
+    assert len(got) == (0 if expiry_s else report["sent"])

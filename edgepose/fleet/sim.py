@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgepose import __version__
 from edgepose.client import PAHO_PROTOCOL, MqttProtocol, Reservoir
@@ -54,6 +56,7 @@ SIM_INFERENCE_MS = 9.0  # Lightning int8 on a Pi 5 CPU, for the payload's latenc
 LAG_SAMPLES_PER_PROCESS = 50_000
 CONNECT_TIMEOUT_S = 30.0
 MISC_INTERVAL_S = 1.0  # paho's keepalive bookkeeping (PINGREQ) per client
+END_TOLERANCE_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class SimConfig:
     id_prefix: str = "sim"
     protocol: MqttProtocol = "5"
     qos_keypoints: int = 0
+    keypoints_expiry_s: int = 0  # MQTT 5 message expiry on keypoints (0: none), as publish.keypoints_expiry_s
     health_interval_s: float = 10.0
     keepalive_s: int = 30
     processes: int = 0  # 0: one per 4000 msg/s, at most the core count
@@ -137,6 +141,11 @@ class SimLoop:
         self._random = random.Random(config.seed * 7919 + indices.start)
         self._cycle = replay_cycle()
         self._writing: set[int] = set()
+        # One Properties object for every keypoints message: building it per message costs more than the send.
+        self._keypoints_properties: Properties | None = None
+        if config.protocol == "5" and config.keypoints_expiry_s > 0:
+            self._keypoints_properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._keypoints_properties.MessageExpiryInterval = config.keypoints_expiry_s
         for index in indices:
             self.devices.append(self._make_device(index))
 
@@ -265,9 +274,10 @@ class SimLoop:
                 if behind:
                     due_s += behind * interval_s
                     device.skipped_late += behind
-                if due_s >= end_s:
+                # A frame is due when due < end; the tolerance keeps float steps (0.1 * 10) from adding one.
+                if due_s >= end_s - END_TOLERANCE_S:
                     continue
-                last = due_s + interval_s >= end_s
+                last = due_s + interval_s >= end_s - END_TOLERANCE_S
                 self._send_keypoints(device, due_s, start_monotonic_s, start_wall_s, loss, last)
                 report.send_lag_ms.add((time.monotonic() - due_s) * 1e3)
                 if not last:
@@ -318,7 +328,9 @@ class SimLoop:
             smoothed=True,
         )
         payload = keypoints_bytes(message, self.config.payload_format)
-        info = device.client.publish(device.topics.keypoints, payload, qos=self.config.qos_keypoints)
+        info = device.client.publish(
+            device.topics.keypoints, payload, qos=self.config.qos_keypoints, properties=self._keypoints_properties
+        )
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             device.sent += 1
             device.bytes_sent += len(payload)
