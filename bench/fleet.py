@@ -31,7 +31,9 @@ import psutil
 
 from edgepose.localbroker import LocalBroker
 
-SETTLE_S = 1.5  # after the simulator exits, for the last messages to reach the consumers
+SETTLE_S = 1.0  # after the simulator exits, at least this long for the last messages to reach the consumers
+DRAIN_MAX_S = 60.0  # consumers behind by seconds keep working through the broker's queue this long at most
+IDLE_CPU_S = 0.003  # a consumer that used less CPU than this in a second has nothing left to read
 CORE_BUSY_LIMIT = 85.0  # a single-threaded process above this % of a core is saturated
 
 
@@ -74,6 +76,21 @@ def cpu_s(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def drain(consumers: list[psutil.Process]) -> float:
+    """Wait until every consumer is idle (it has read what the broker still held for it); seconds waited.
+
+    Stopping them at once would count messages still queued for a slow consumer as lost."""
+    started = time.monotonic()
+    last = [cpu_s(p) for p in consumers]
+    while time.monotonic() - started < DRAIN_MAX_S:
+        time.sleep(1.0)
+        now = [cpu_s(p) for p in consumers]
+        if all(b - a < IDLE_CPU_S for a, b in zip(last, now, strict=True)):
+            break
+        last = now
+    return round(time.monotonic() - started, 1)
+
+
 def machine_busy_s() -> float:
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
@@ -86,15 +103,17 @@ def run_case(
     workdir: Path,
     consumers: int = 2,
     share: str | None = "bench",
+    broker_pids: list[int] | None = None,
 ) -> dict[str, Any]:
-    """One measurement. Consumers attach to the first broker; the simulator spreads over all."""
+    """One measurement. Consumers attach to the first broker; the simulator spreads over all.
+    `broker_pids`: the processes of external brokers, whose CPU is added up as the broker's."""
     broker = None
-    broker_process = None
+    brokers_watched = [psutil.Process(pid) for pid in broker_pids or []]
     if brokers is None:
         broker = LocalBroker(workdir=workdir / "broker")
         broker.start()
         addresses = [f"{broker.host}:{broker.port}"]
-        broker_process = psutil.Process(broker.pid) if broker.pid else None
+        brokers_watched = [psutil.Process(broker.pid)] if broker.pid else []
     else:
         addresses = brokers
     name = f"{case.devices}x{case.fps:g}-{case.payload_format}"
@@ -104,8 +123,7 @@ def run_case(
     for watcher in watchers:
         wait_subscribed(watcher, addresses[0])
     watched = [psutil.Process(c.pid) for c in watchers]
-    if broker_process is not None:
-        watched.append(broker_process)
+    watched += brokers_watched
     before = {p.pid: cpu_s(p) for p in watched}
     busy_before, wall_before = machine_busy_s(), time.monotonic()
     load_before = os.getloadavg()[0]
@@ -124,6 +142,7 @@ def run_case(
     sim.returncode = os.waitstatus_to_exitcode(status)
     sim_stderr = sim.stderr.read() if sim.stderr else ""
     time.sleep(SETTLE_S)
+    drain_s = drain(watched[: len(watchers)])
     wall_s = time.monotonic() - wall_before
     after = {p.pid: cpu_s(p) for p in watched}
     busy_s = machine_busy_s() - busy_before
@@ -140,11 +159,8 @@ def run_case(
     received = sum(s["received"] for s in shares)
     sim_cpu_s = usage.ru_utime + usage.ru_stime
     consumer_cpu = [round(100 * (after[c.pid] - before[c.pid]) / wall_s, 1) for c in watchers]
-    broker_cpu = (
-        round(100 * (after[broker_process.pid] - before[broker_process.pid]) / wall_s, 1)
-        if broker_process is not None
-        else None
-    )
+    broker_cpu_s = sum(after[p.pid] - before[p.pid] for p in brokers_watched) if brokers_watched else None
+    broker_cpu = round(100 * broker_cpu_s / wall_s, 1) if broker_cpu_s is not None else None
     ours_s = sum(after[p] - before[p] for p in after) + sim_cpu_s
     result = {
         "case": name,
@@ -165,11 +181,23 @@ def run_case(
             "p95": max(s["latency_ms"]["p95"] or 0 for s in shares),
             "max": max(s["latency_ms"]["max"] or 0 for s in shares),
         },
+        "drain_s": drain_s,
+        "window_s": round(wall_s, 1),
         "consumer_share": [round(s["received"] / received, 3) if received else None for s in shares],
         "cpu_percent": {
             "broker": broker_cpu,
             "consumers": consumer_cpu,
             "simulator": round(100 * sim_cpu_s / wall_s, 1),
+        },
+        # CPU per message: what each side costs, whatever share of the CPU it was given.
+        "cpu_us_per_message": {
+            "broker": round(1e6 * broker_cpu_s / report["sent"], 1)
+            if broker_cpu_s is not None and report["sent"]
+            else None,
+            "consumer": round(1e6 * sum(after[c.pid] - before[c.pid] for c in watchers) / received, 1)
+            if received
+            else None,
+            "simulator": round(1e6 * sim_cpu_s / report["sent"], 1) if report["sent"] else None,
         },
         "send_lag_ms": report["send_lag_ms"],
         "sim_processes": report["processes"],
@@ -207,8 +235,8 @@ def limit(result: dict[str, Any]) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| devices | fps | format | sent/s | delivered/s | loss % | p50 ms | p95 ms | broker CPU % "
-        "| consumer CPU % | sim CPU % | split | others' CPU % | limit |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| consumer CPU % | sim CPU % | µs/msg broker / consumers / sim | split | others' CPU % | limit |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for r in results:
         if "error" in r:
@@ -220,6 +248,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['delivered_per_s']:.0f} | {100 * r['loss']:.3f} | {r['latency_ms']['p50']:.1f} "
             f"| {r['latency_ms']['p95']:.1f} | {cpu['broker'] if cpu['broker'] is not None else '-'} "
             f"| {' / '.join(str(c) for c in cpu['consumers'])} | {cpu['simulator']} "
+            f"| {' / '.join('-' if v is None else f'{v:.0f}' for v in r['cpu_us_per_message'].values())} "
             f"| {' / '.join(f'{100 * s:.0f}%' for s in r['consumer_share'] if s is not None)} "
             f"| {r['machine']['others_cpu_percent']} | {r['limit']} |"
         )
