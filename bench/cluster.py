@@ -80,7 +80,12 @@ class Node:
     def start(self) -> None:
         with (self.dir / "server.out").open("wb") as out:
             self.process = subprocess.Popen(
-                [str(RABBIT_BIN / "rabbitmq-server")], env=self.env, stdout=out, stderr=out, start_new_session=True
+                [str(RABBIT_BIN / "rabbitmq-server")],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                cwd=self.dir,
             )
 
     def await_startup(self, timeout_s: float = 300) -> None:
@@ -96,6 +101,7 @@ class Node:
                 capture_output=True,
                 text=True,
                 timeout=120,
+                cwd=self.dir,
             )
             if result.returncode == 0:
                 return
@@ -109,6 +115,7 @@ class Node:
             capture_output=True,
             text=True,
             timeout=timeout_s,
+            cwd=self.dir,  # where a CLI VM that crashes leaves its erl_crash.dump
         )
         if result.returncode != 0:
             raise SystemExit(f"rabbitmqctl -n {self.name} {' '.join(args)}: {result.stderr.strip()[-400:]}")
