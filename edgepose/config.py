@@ -392,6 +392,13 @@ class PublishConfig(_Section):
     format: Literal["json", "compact"] = Field(
         "json", description="keypoints payload: json (edgepose.keypoints/1) or compact (edgepose.kpc/1)"
     )
+    keypoints_expiry_s: float = Field(
+        2.0,
+        ge=0,
+        le=86400,
+        description="MQTT 5 message expiry on keypoints, so a consumer that reconnects is not flooded with "
+        "stale frames (whole seconds, at least 1; 0: never expire; ignored on MQTT 3.1.1)",
+    )
 
 
 class HealthConfig(_Section):

@@ -225,6 +225,7 @@ class Daemon:
             publish_empty=config.publish.include_empty,
             payload_format=PayloadFormat(config.publish.format),
             live=self._live_sink(bundle),
+            expiry_s=config.publish.keypoints_expiry_s or None,
         )
         publish.seq = self._seq
         self._publish_loop = publish

@@ -400,6 +400,7 @@ class PublishLoop:
         publish_empty: bool = True,
         payload_format: PayloadFormat = PayloadFormat.JSON,
         live: LiveSink | None = None,
+        expiry_s: float | None = None,
     ) -> None:
         self.invoked = invoked
         self.live = live
@@ -413,6 +414,7 @@ class PublishLoop:
         self.min_publish_interval_s = 1.0 / max_publish_fps if max_publish_fps > 0 else 0.0
         self.publish_empty = publish_empty
         self.payload_format = payload_format
+        self.expiry_s = expiry_s  # MQTT 5 message expiry: a stale frame is worth nothing to a returning consumer
         self.seq = 0
         self._next_publish_s = 0.0
         self._delivery_lock = threading.Lock()
@@ -452,7 +454,7 @@ class PublishLoop:
         message = keypoints_message(result, self.device_id, self.seq)
         self.seq += 1
         payload = keypoints_bytes(message, self.payload_format)
-        if self.publisher.publish(self.topic, payload, self.qos, on_delivery=self._delivered):
+        if self.publisher.publish(self.topic, payload, self.qos, expiry_s=self.expiry_s, on_delivery=self._delivered):
             if self.stats.first_publish_monotonic_s is None:
                 self.stats.first_publish_monotonic_s = time.monotonic()
             self.stats.capture_to_publish_ms.add((time.monotonic() - result.frame_monotonic_s) * 1e3)
