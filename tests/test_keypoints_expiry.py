@@ -7,7 +7,6 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,12 @@ from edgepose.health import PipelineStats
 from edgepose.pipeline import END_OF_STREAM, EndOfStream, Invoked, PublishLoop
 from edgepose.sources.synthetic import SyntheticSource
 from tests.conftest import Broker, run_edgepose
-from tests.test_pipeline import stage  # noqa: F401 - the real Lightning stage, a module fixture
-
-
-class ExpiryRecorder:
-    def __init__(self) -> None:
-        self.expiries: list[float | None] = []
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool = False,
-        expiry_s: float | None = None,
-        on_delivery: Callable[[bool], None] | None = None,
-    ) -> bool:
-        self.expiries.append(expiry_s)
-        if on_delivery is not None:
-            on_delivery(True)
-        return True
+from tests.test_pipeline import MemoryPublisher, stage  # noqa: F401 - stage: the real Lightning stage
 
 
 def test_publish_loop_hands_the_expiry_to_the_publisher(stage: Any) -> None:  # noqa: F811
     for expiry_s in (None, 2.0):
-        publisher = ExpiryRecorder()
+        publisher = MemoryPublisher()
         invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
         loop = PublishLoop(invoked, stage, publisher, "t/keypoints", 1, "dev", PipelineStats(), expiry_s=expiry_s)
         source = SyntheticSource(64, 48, fps=None)

@@ -46,6 +46,7 @@ class MemoryPublisher:
 
     def __init__(self, refuse_calls: frozenset[int] = frozenset()) -> None:
         self.messages: list[tuple[str, bytes, int, bool]] = []
+        self.expiries: list[float | None] = []
         self.refuse_calls = refuse_calls
         self.calls = 0
 
@@ -60,6 +61,7 @@ class MemoryPublisher:
     ) -> bool:
         accept = self.calls not in self.refuse_calls
         self.calls += 1
+        self.expiries.append(expiry_s)
         if accept:
             self.messages.append((topic, payload, qos, retain))
         if on_delivery is not None:
