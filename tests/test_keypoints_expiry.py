@@ -43,7 +43,7 @@ def test_publish_loop_hands_the_expiry_to_the_publisher(stage: Any) -> None:  # 
 def test_config_default_and_zero() -> None:
     config, _ = load_config(None)
     assert config.publish.keypoints_expiry_s == 2.0
-    config, _ = load_config(None, ["publish.keypoints_expiry_s=1"])
+    config, _ = load_config(None, ["publish.keypoints_expiry_s=0"])
     assert config.publish.keypoints_expiry_s == 0
 
 
