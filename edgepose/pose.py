@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 # COCO order, as MoveNet and PoseNet emit them.
@@ -36,6 +37,23 @@ class Keypoint:
     x: float
     y: float
     score: float
+
+
+def keypoints_from_rows(rows: Iterable[Sequence[float]]) -> tuple[Keypoint, ...]:
+    """The keypoints, in KEYPOINT_NAMES order, from rows of [y, x, score] Python floats.
+
+    Equal to building each with `Keypoint(...)` (tested), in a third of the time: a frozen
+    dataclass's __init__ sets every field through object.__setattr__ (the documented cost of
+    frozen=True), and this runs 17 times for every frame. The fields go straight into each new
+    instance's __dict__; the instances are ordinary frozen Keypoints (assignment still raises).
+    """
+    new = object.__new__
+    points = []
+    for name, (y, x, score) in zip(KEYPOINT_NAMES, rows, strict=True):
+        point = new(Keypoint)
+        vars(point).update(name=name, x=x, y=y, score=score)
+        points.append(point)
+    return tuple(points)
 
 
 @dataclass(frozen=True)

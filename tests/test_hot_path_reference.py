@@ -6,7 +6,7 @@ on the crop and the filter (#15) can rely on the behaviour being unchanged.
 
 from __future__ import annotations
 
-from dataclasses import astuple
+from dataclasses import FrozenInstanceError, asdict, astuple
 
 import numpy as np
 import numpy.typing as npt
@@ -23,8 +23,8 @@ from edgepose.crop import (
     torso_visible,
 )
 from edgepose.geometry import box_to_frame, letterbox_box
-from edgepose.inference.movenet import decode_singlepose, keypoints_to_pose
-from edgepose.pose import KEYPOINT_INDEX, KEYPOINT_NAMES, CropBox, Keypoint, Pose
+from edgepose.inference.movenet import decode_singlepose, keypoints_to_pose, mean_of_17
+from edgepose.pose import KEYPOINT_INDEX, KEYPOINT_NAMES, CropBox, Keypoint, Pose, keypoints_from_rows
 from edgepose.smoothing import KeypointSmoother, OneEuroFilter, OneEuroParams
 
 FRAMES = [(480, 640), (640, 480), (720, 1280), (600, 600)]
@@ -219,3 +219,25 @@ def test_decode_and_pose_match_reference() -> None:
         decoded = decode_singlepose(output, box)
         np.testing.assert_array_equal(decoded, reference_decode(output, box))
         assert keypoints_to_pose(decoded) == reference_pose(decoded)
+
+
+def test_mean_of_17_is_numpys_mean_bit_for_bit() -> None:
+    rng = np.random.default_rng(19)
+    for _ in range(5000):
+        keypoints = rng.random((17, 3)) * 10.0 ** rng.integers(-4, 4)
+        assert mean_of_17(keypoints[:, 2].tolist()) == float(np.mean(keypoints[:, 2]))
+
+
+def test_keypoints_from_rows_are_ordinary_frozen_keypoints() -> None:
+    rows = np.random.default_rng(20).random((17, 3)).tolist()
+    fast = keypoints_from_rows(rows)
+    slow = tuple(Keypoint(name=n, x=x, y=y, score=s) for n, (y, x, s) in zip(KEYPOINT_NAMES, rows, strict=True))
+    assert fast == slow
+    assert [repr(p) for p in fast] == [repr(p) for p in slow]
+    assert [hash(p) for p in fast] == [hash(p) for p in slow]
+    assert [asdict(p) for p in fast] == [asdict(p) for p in slow]
+    assert all(type(p) is Keypoint for p in fast)
+    with pytest.raises(FrozenInstanceError):
+        fast[0].x = 0.5  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        keypoints_from_rows(rows[:16])

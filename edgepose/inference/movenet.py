@@ -14,7 +14,7 @@ import numpy as np
 from edgepose.errors import ModelError
 from edgepose.geometry import crop_and_resize_into, letterbox_box, paste_scaled_into
 from edgepose.inference.runtime import InferenceBackend
-from edgepose.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, CropBox, Keypoint, Pose
+from edgepose.pose import NUM_KEYPOINTS, CropBox, Pose, keypoints_from_rows
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,20 @@ def keypoints_to_pose(keypoints: np.ndarray) -> Pose:
     """(17, 3) [y, x, score] frame-normalized -> Pose; the pose score is the mean keypoint score."""
     # One tolist() instead of 51 numpy scalar reads: this runs for every frame.
     rows = keypoints.tolist()
-    points = tuple(
-        Keypoint(name=name, x=x, y=y, score=score) for name, (y, x, score) in zip(KEYPOINT_NAMES, rows, strict=True)
+    return Pose(keypoints=keypoints_from_rows(rows), score=mean_of_17([row[2] for row in rows]))
+
+
+def mean_of_17(values: list[float]) -> float:
+    """np.mean of 17 float64 values, bit for bit (tested), without numpy's call overhead per frame.
+
+    numpy sums 8 <= n <= 128 values pairwise: eight running sums over strides of 8, added as a
+    tree, then the remainder in order; the mean divides that sum by n.
+    """
+    s = values
+    total = ((s[0] + s[8]) + (s[1] + s[9]) + ((s[2] + s[10]) + (s[3] + s[11]))) + (
+        ((s[4] + s[12]) + (s[5] + s[13])) + ((s[6] + s[14]) + (s[7] + s[15]))
     )
-    return Pose(keypoints=points, score=float(np.mean(keypoints[:, 2])))
+    return (total + s[16]) / NUM_KEYPOINTS
 
 
 def decode_singlepose(output: np.ndarray, box: CropBox) -> np.ndarray:
