@@ -17,7 +17,7 @@ endif
 MQTT_PORT ?= 1883
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
-.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality bench-fleet bench-payloads test-cluster clean
+.PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality bench-fleet bench-payloads test-cluster test-ha clean
 
 # The `systemd` extra (systemd-python, what the Pi install uses) builds from source: it needs gcc,
 # pkg-config and libsystemd-dev. Without them the venv gets `.[dev]` only and its tests skip
@@ -111,5 +111,12 @@ CLUSTER_OUT ?= bench/results/cluster-latest
 test-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py --json $(CLUSTER_OUT).json --markdown $(CLUSTER_OUT).md --label "$(FLEET_LABEL)"
 
+# Opt-in: the Home Assistant discovery payloads through Home Assistant's own schemas and template
+# engine. 2024.3 is the last Home Assistant release on Python 3.11; it gets a venv of its own.
+test-ha: $(STAMP)
+	test -x .venv-ha/bin/python || $(PYTHON) -m venv .venv-ha
+	.venv-ha/bin/pip install --quiet 'homeassistant==2024.3.3' 'paho-mqtt==1.6.1' numpy
+	EDGEPOSE_HA_PYTHON=$(CURDIR)/.venv-ha/bin/python $(BIN)/python -m pytest -q tests/test_homeassistant.py
+
 clean:
-	rm -rf $(VENV) .venv-tflite .cache .mypy_cache .ruff_cache .pytest_cache .mutation
+	rm -rf $(VENV) .venv-tflite .venv-ha .cache .mypy_cache .ruff_cache .pytest_cache .mutation

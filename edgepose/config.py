@@ -336,6 +336,13 @@ def _check_readable(key: str, path: Path) -> None:
         raise ValueError(f"{key} {path}: not readable by this user (uid {os.getuid()})")
 
 
+def topic_prefix(value: str) -> str:
+    """A topic prefix edgepose publishes under: no wildcards, no empty first or last level."""
+    if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must not contain + or # or start/end with /")
+    return value
+
+
 class MqttConfig(_Section):
     host: str = Field("localhost", min_length=1, pattern=r"^\S+$", description="broker name or address")
     port: int = Field(1883, ge=1, le=65535)
@@ -380,9 +387,7 @@ class MqttConfig(_Section):
     @field_validator("base_topic")
     @classmethod
     def _no_wildcards(cls, value: str) -> str:
-        if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
-            raise ValueError("must not contain + or # or start/end with /")
-        return value
+        return topic_prefix(value)
 
 
 class PublishConfig(_Section):
@@ -467,6 +472,36 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+class PresenceConfig(_Section):
+    enter_frames: int = Field(3, ge=1, le=1000, description="consecutive frames with a pose before present")
+    leave_s: float = Field(5.0, gt=0, le=86400, description="seconds without a pose before absent")
+
+
+class FallConfig(_Section):
+    enabled: bool = False
+    down_s: float = Field(3.0, gt=0, le=600, description="seconds the person must stay down before the alert")
+
+
+class EventsConfig(_Section):
+    fall: FallConfig = FallConfig()
+
+
+class HomeAssistantConfig(_Section):
+    discovery: bool = Field(True, description="publish MQTT discovery configs; false removes them")
+    prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix")
+
+    @field_validator("prefix")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        return topic_prefix(value)
+
+
+class CommandsConfig(_Section):
+    enabled: bool = Field(True, description="subscribe to <base>/<id>/set")
+    rate_per_s: float = Field(5.0, gt=0, le=1000, description="commands handled per second, sustained")
+    burst: int = Field(20, ge=1, le=10000, description="commands handled at once before the rate applies")
+
+
 def default_device_id(hostname: str | None = None, machine_id_paths: Sequence[Path] = MACHINE_ID_PATHS) -> str:
     """The hostname, unless it is one every stock image shares: then made unique by the machine id."""
     name = socket.gethostname() if hostname is None else hostname
@@ -497,6 +532,10 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
     web: WebConfig = WebConfig()
+    presence: PresenceConfig = PresenceConfig()
+    events: EventsConfig = EventsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    commands: CommandsConfig = CommandsConfig()
 
 
 # ---------------------------------------------------------------------------------------------

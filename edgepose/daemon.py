@@ -16,8 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
 from edgepose import __version__
+from edgepose.commands import Detection, RuntimeSettings
 from edgepose.config import Config
+from edgepose.control import Control
 from edgepose.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, EdgeposeError
 from edgepose.health import (
     ModelView,
@@ -29,9 +33,10 @@ from edgepose.health import (
     assemble_health,
 )
 from edgepose.inference.edgetpu import read_edgetpu_temp_c
+from edgepose.inference.stage import InferenceResult
 from edgepose.mqtt.payloads import HealthReport, PayloadFormat, encode, health_payload
 from edgepose.nativethread import set_native_name
-from edgepose.parts import PARTS, Bundle, PartSpec, ReloadFailed, StoppedWhileBuilding, build_bundle, rebuild
+from edgepose.parts import CONTROL, PARTS, Bundle, PartSpec, ReloadFailed, StoppedWhileBuilding, build_bundle, rebuild
 from edgepose.pipeline import (
     CaptureLoop,
     EndOfStream,
@@ -66,6 +71,7 @@ class DaemonState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     DEGRADED = "degraded"
+    PAUSED = "paused"  # detection paused by a command: no inference; status and health go on
     STOPPING = "stopping"
 
 
@@ -77,10 +83,13 @@ class RunState:
     camera_problem: str | None = None
     backend_problem: str | None = None
     reload_problem: str | None = None  # the last reload failed: the previous configuration runs
+    paused: bool = False
 
     def current(self) -> tuple[DaemonState, str | None]:
         if self.state in (DaemonState.STARTING, DaemonState.STOPPING):
             return self.state, None
+        if self.paused:
+            return DaemonState.PAUSED, None
         problems = [p for p in (self.camera_problem, self.backend_problem, self.reload_problem) if p]
         return (DaemonState.DEGRADED, "; ".join(problems)) if problems else (DaemonState.RUNNING, None)
 
@@ -127,6 +136,7 @@ class Daemon:
         self._ready_sent = False
         self._bundle: Bundle | None = None
         self._publish_loop: PublishLoop | None = None
+        self.settings: RuntimeSettings = RuntimeSettings.from_config(config)  # changed by remote commands
         self._watchdog = WatchdogGate(self.notifier.watchdog_interval_s) if self.notifier.watchdog_interval_s else None
 
     @property
@@ -147,6 +157,23 @@ class Daemon:
         self.reload_event.set()
         self._wake.set()
 
+    def apply_settings(self, settings: RuntimeSettings) -> None:
+        """A remote command changed the runtime settings (called on paho's network thread)."""
+        self.settings = settings
+        if self._bundle is not None:
+            self._bundle.inference.stage.set_live(settings.score_threshold, settings.smoothing)
+        publish_loop = self._publish_loop
+        if publish_loop is not None:
+            publish_loop.set_publishing(settings.keypoints, settings.max_fps)
+        paused = settings.detection is Detection.PAUSED
+        if paused != self.run_state.paused:
+            self.run_state.paused = paused
+            self._wake.set()  # the supervisor stops or restarts the pipeline
+
+    def _control(self) -> Control | None:
+        bundle = self.bundle
+        return bundle.part(CONTROL, Control) if CONTROL in bundle.names else None
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -164,20 +191,25 @@ class Daemon:
             self._log_setup()
             self._publish_health()
             while True:
-                pipeline = self._start_pipeline()
+                # Paused by a command: no pipeline threads (no capture, no inference); the
+                # supervisor goes on with health, status, presence and the watchdog.
+                paused = self.run_state.paused
+                pipeline = None if paused else self._start_pipeline()
                 try:
-                    self._supervise()
+                    self._supervise(paused)
                 finally:
-                    self._stop_pipeline(pipeline)
+                    if pipeline is not None:
+                        self._stop_pipeline(pipeline)
                 if self.stop_event.is_set():
-                    if pipeline.prepare.finished_reason:
+                    if pipeline is not None and pipeline.prepare.finished_reason:
                         log.info("finished: %s", pipeline.prepare.finished_reason)
                     elif self._stop_reason:
                         log.info("stopping: %s", self._stop_reason)
                     break
-                self.reload_event.clear()
-                self._reload()
-                self.reloads += 1
+                if self.reload_event.is_set():
+                    self.reload_event.clear()
+                    self._reload()
+                    self.reloads += 1
             return self._shutdown()
         finally:
             if self._bundle is not None:
@@ -220,13 +252,15 @@ class Daemon:
             config.mqtt.qos.keypoints,
             config.device_id,
             self.stats,
-            enabled=config.publish.keypoints,
-            max_publish_fps=config.publish.max_fps,
+            enabled=self.settings.keypoints,
+            max_publish_fps=self.settings.max_fps,
             publish_empty=config.publish.include_empty,
             payload_format=PayloadFormat(config.publish.format),
             live=self._live_sink(bundle),
             expiry_s=config.publish.keypoints_expiry_s or None,
+            observers=self._observers(),
         )
+        stage.set_live(self.settings.score_threshold, self.settings.smoothing)
         publish.seq = self._seq
         self._publish_loop = publish
         threads = []
@@ -248,6 +282,10 @@ class Daemon:
         if feed is None:
             return None
         return functools.partial(feed.offer, score_threshold=bundle.config.model.score_threshold)
+
+    def _observers(self) -> tuple[Callable[[np.ndarray, InferenceResult], None], ...]:
+        control = self._control()
+        return (control.monitor.observe,) if control is not None else ()
 
     def _frames_left(self) -> int | None:
         if self.max_frames is None:
@@ -302,6 +340,12 @@ class Daemon:
             old.close_replaced(bundle)
         except Exception:  # the new parts run; a part that fails to close is logged, not fatal
             log.exception("closing the parts the reload replaced")
+        # The YAML file is the truth again: what commands changed ends with a reload.
+        self.settings = RuntimeSettings.from_config(new)
+        self.run_state.paused = False
+        control = self._control()
+        if control is not None and control.commands is not None:
+            control.commands.reset(self.settings)
         self.run_state.reload_problem = None
         logging.getLogger().setLevel(new.logging.level)
         log.info("configuration reloaded; changed: %s", ", ".join(changed) or "nothing")
@@ -376,13 +420,15 @@ class Daemon:
     def _camera_problem(self, reason: str | None) -> None:
         self.run_state.camera_problem = reason
 
-    def _supervise(self) -> None:
-        """The main thread: health, status and watchdog until a stop or a reload is requested."""
+    def _supervise(self, paused: bool = False) -> None:
+        """The main thread: health, status, presence and watchdog until a stop, a reload, or a
+        pause or resume is requested."""
         next_health_s = time.monotonic() + self.config.health.interval_s
         next_status_s = time.monotonic() + STATUS_PERIOD_S
         next_log_s = time.monotonic() + (self.config.logging.status_interval_s or float("inf"))
         seen_connects = self.bundle.publisher.stats.connects
-        while not (self.stop_event.is_set() or self.reload_event.is_set()):
+        control = self._control()
+        while not (self.stop_event.is_set() or self.reload_event.is_set() or self.run_state.paused != paused):
             self._wake.wait(SUPERVISE_TICK_S)
             self._wake.clear()
             now = time.monotonic()
@@ -394,7 +440,11 @@ class Daemon:
                 self._publish_health()
                 next_health_s = now + self.config.health.interval_s
             self.run_state.backend_problem = self.bundle.inference.backend.degraded_reason
-            if self._watchdog is not None and self._watchdog.due(now, self.stats.last_inference_monotonic_s):
+            if control is not None:
+                control.tick()  # retained messages after a (re)connect; presence times out without frames
+            # Paused on purpose is progress as far as systemd's watchdog is concerned.
+            progress_s = now if paused else self.stats.last_inference_monotonic_s
+            if self._watchdog is not None and self._watchdog.due(now, progress_s):
                 self.notifier.watchdog()
             if now >= next_health_s:
                 self._publish_health()
@@ -453,6 +503,7 @@ class Daemon:
                 session_takeovers=publisher.stats.session_takeovers,
             ),
             readings=Readings(self._system.read(), read_edgetpu_temp_c()),
+            pose_score=control.monitor.pose_score() if (control := self._control()) is not None else None,
         )
 
     def _publish_health(self) -> None:

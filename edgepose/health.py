@@ -158,6 +158,7 @@ def assemble_health(
     source: SourceView,
     mqtt: MqttView,
     readings: Readings,
+    pose_score: float | None = None,
     now_s: float | None = None,
     now_monotonic_s: float | None = None,
 ) -> HealthReport:
@@ -213,4 +214,5 @@ def assemble_health(
             "session_takeovers": mqtt.session_takeovers,
         },
         system=readings.system,
+        pose_score=pose_score,
     )

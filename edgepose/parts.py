@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from edgepose import __version__
+from edgepose.commands import RuntimeSettings
 from edgepose.config import (
     Config,
     is_loopback,
@@ -36,11 +39,13 @@ from edgepose.config import (
     read_mqtt_password,
     read_web_password,
 )
+from edgepose.control import Control, build_control
 from edgepose.errors import ConfigError, EdgeposeError, WebError
 from edgepose.inference.backends import cpu_build, model_label, select_backend
 from edgepose.inference.runtime import InferenceBackend, load_runtime
 from edgepose.inference.stage import Mode, PoseStage, build_stage
 from edgepose.models import ResolvedModel, default_model_dir, load_manifest, resolve_model, sample_paths
+from edgepose.mqtt.homeassistant import DeviceInfo
 from edgepose.mqtt.payloads import HealthReport, health_payload
 from edgepose.mqtt.publisher import MqttPublisher
 from edgepose.mqtt.topics import Topics
@@ -65,6 +70,10 @@ class Host(Protocol):
     def request_reload(self) -> None: ...
 
     def request_stop(self, reason: str) -> None: ...
+
+    def apply_settings(self, settings: RuntimeSettings) -> None:
+        """A remote command changed the runtime settings (pause/resume, publish, model)."""
+        ...
 
 
 Builder = Callable[[Config, Mapping[str, object], Host], AbstractContextManager[object]]
@@ -306,12 +315,55 @@ def _lend_web_port(old: object, old_config: Config, new_config: Config) -> Itera
         raise
 
 
+# -- presence, events, commands and Home Assistant discovery ------------------------------------
+
+
+def _build_control_part(config: Config, parts: Mapping[str, object], host: Host) -> Control:
+    publisher = parts[PUBLISHER]
+    assert isinstance(publisher, MqttPublisher)
+    info = DeviceInfo(
+        device_id=config.device_id,
+        model=config.model.name,
+        sw_version=__version__,
+        configuration_url=live_view_url(config),
+        max_fps=config.camera.fps,
+    )
+    return build_control(config, publisher, host, info)
+
+
+def _control_key(config: Config) -> object:
+    # Rebuilt (and its subscriptions handed over) when one of these changes, or the publisher does.
+    return (
+        config.presence,
+        config.events,
+        config.homeassistant,
+        config.commands,
+        config.model.name,
+        config.camera.fps,
+        live_view_url(config),
+    )
+
+
+def live_view_url(config: Config) -> str | None:
+    """The live view's address for Home Assistant's "visit device" link: None when it is off,
+    listens on loopback only (another machine cannot open it) or on a port the kernel picks."""
+    if not config.web.enabled:
+        return None
+    host, port = listen_address(config.web.listen)
+    if is_loopback(host) or port == 0:
+        return None
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 # -- the bundle -----------------------------------------------------------------------------------
 
 MODEL = "model"
 SOURCE = "source"
 PUBLISHER = "publisher"
 WEB = "web"
+CONTROL = "control"
 
 # Build order; closing runs in reverse (extra parts first, the model last).
 PARTS: tuple[PartSpec, ...] = (
@@ -333,6 +385,7 @@ PARTS: tuple[PartSpec, ...] = (
         build=_build_web_part,
         handover=_lend_web_port,
     ),
+    PartSpec(CONTROL, key=_control_key, needs=(PUBLISHER,), build=_build_control_part),
     # Later parts (a web server, an MQTT command handler) go here; see the module docstring.
 )
 

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -401,6 +401,7 @@ class PublishLoop:
         payload_format: PayloadFormat = PayloadFormat.JSON,
         live: LiveSink | None = None,
         expiry_s: float | None = None,
+        observers: Sequence[Callable[[np.ndarray, InferenceResult], None]] = (),
     ) -> None:
         self.invoked = invoked
         self.live = live
@@ -415,6 +416,8 @@ class PublishLoop:
         self.publish_empty = publish_empty
         self.payload_format = payload_format
         self.expiry_s = expiry_s  # MQTT 5 message expiry: a stale frame is worth nothing to a returning consumer
+        # Told every finished frame (presence, the live view), whether or not keypoints are published.
+        self.observers = tuple(observers)
         self.seq = 0
         self._next_publish_s = 0.0
         self._delivery_lock = threading.Lock()
@@ -439,7 +442,14 @@ class PublishLoop:
             record_timings(self.stats, result.timings)
             if self.live is not None:
                 self.live(item.prepared.frame.image, result)
+            for observe in self.observers:
+                observe(item.prepared.frame.image, result)
             self.publish_one(result)
+
+    def set_publishing(self, enabled: bool, max_publish_fps: float) -> None:
+        """A remote command changed publish.keypoints / publish.max_fps (two plain assignments)."""
+        self.min_publish_interval_s = 1.0 / max_publish_fps if max_publish_fps > 0 else 0.0
+        self.enabled = enabled
 
     def publish_one(self, result: InferenceResult) -> None:
         counters = self.stats.counters

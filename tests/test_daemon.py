@@ -288,7 +288,7 @@ def test_start_reload_stop_in_process(broker: Broker, subscribe: Any, model_dir:
 
     assert running.stop() == EXIT_OK
     lifecycle.assert_each_closed_once()
-    assert [name for name, _ in lifecycle.built] == ["model", "source", "publisher", "web", "model"]
+    assert [name for name, _ in lifecycle.built] == ["model", "source", "publisher", "web", "control", "model"]
     wait_until(lambda: collector.on(f"{DEVICE}/status")[-1:] == [b"offline"], what="status offline")
 
 

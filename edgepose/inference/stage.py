@@ -105,12 +105,26 @@ class PoseStage(Protocol):
 
     def process(self, frame: Frame) -> InferenceResult: ...
 
+    def set_live(self, score_threshold: float, smoothing: bool) -> None: ...
+
 
 class _StageBase:
     backend: InferenceBackend
     _model_name: str
     score_threshold: float
     _smoother: KeypointSmoother | None = None
+    # Set by build_stage, so smoothing can be switched on at run time even when the config had it off.
+    _one_euro_params: OneEuroParams | None = None
+    _video: bool = True
+
+    def set_live(self, score_threshold: float, smoothing: bool) -> None:
+        """Applied by a remote command from another thread: each is one attribute assignment, and
+        finish() reads `_smoother` once per frame, so a frame sees either the old or the new filter."""
+        self.score_threshold = score_threshold
+        if not smoothing:
+            self._smoother = None
+        elif self._smoother is None and self._video and self._one_euro_params is not None:
+            self._smoother = KeypointSmoother(self._one_euro_params)
 
     @property
     def model_name(self) -> str:
@@ -147,14 +161,13 @@ class _StageBase:
     ) -> InferenceResult:
         """Smooth (video), threshold and record one frame-normalized (17, 3) pose."""
         frame = prepared.frame
-        if self._smoother is not None:
-            keypoints[:, :2] = self._smoother.update(
-                keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px
-            )
+        smoother = self._smoother
+        if smoother is not None:
+            keypoints[:, :2] = smoother.update(keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px)
         pose = keypoints_to_pose(keypoints)
         timings = StageTimings(prepared.preprocess_ms, invoke_ms, (time.perf_counter() - started_s) * 1e3)
         poses = (pose,) if pose.score >= self.score_threshold else ()
-        return self._result(prepared, poses, self._smoother is not None, timings)
+        return self._result(prepared, poses, smoother is not None, timings)
 
     def _result(
         self, prepared: Prepared, poses: tuple[Pose, ...], smoothed: bool, timings: StageTimings
@@ -190,9 +203,7 @@ def detect_family(backend: InferenceBackend) -> Family:
     )
 
 
-def _one_euro(config: ModelConfig) -> OneEuroParams | None:
-    if not config.smoothing.enabled:
-        return None
+def _one_euro(config: ModelConfig) -> OneEuroParams:
     return OneEuroParams(
         min_cutoff_hz=config.smoothing.min_cutoff_hz,
         beta=config.smoothing.beta,
@@ -351,9 +362,10 @@ class MultiPoseStage(_StageBase):
             tracked = self._tracker.update(keypoints, frame.timestamp_s, detections.boxes, detections.scores)
             ids = [int(i) for i in tracked]
         smoothed = False
-        if self._smoother is not None and ids:
+        smoother = self._smoother
+        if smoother is not None and ids:
             keypoints = keypoints.copy()
-            keypoints[..., :2] = self._smoother.update(
+            keypoints[..., :2] = smoother.update(
                 keypoints[..., :2], frame.timestamp_s, frame.height_px, frame.width_px, track_ids=ids
             )
             smoothed = True
@@ -410,11 +422,17 @@ class PoseNetStage(_StageBase):
 
 def build_stage(backend: InferenceBackend, model_name: str, config: ModelConfig, mode: Mode) -> PoseStage:
     family = detect_family(backend)
-    smoothing = _one_euro(config)
+    params = _one_euro(config)
+    smoothing = params if config.smoothing.enabled else None
+    stage: _StageBase
     if family == "movenet_singlepose":
-        return SinglePoseStage(
+        stage = SinglePoseStage(
             SinglePoseEstimator(backend), model_name, config.score_threshold, config.smart_crop, smoothing, mode
         )
-    if family == "movenet_multipose":
-        return MultiPoseStage(backend, model_name, config.score_threshold, smoothing, mode)
-    return PoseNetStage(backend, model_name, config.score_threshold, smoothing, mode)
+    elif family == "movenet_multipose":
+        stage = MultiPoseStage(backend, model_name, config.score_threshold, smoothing, mode)
+    else:
+        stage = PoseNetStage(backend, model_name, config.score_threshold, smoothing, mode)
+    stage._one_euro_params = params
+    stage._video = mode == "video"
+    return stage

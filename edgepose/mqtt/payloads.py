@@ -178,7 +178,7 @@ class HealthReport:
     timestamp_s: float
     uptime_s: float
     version: str
-    state: str  # starting | running | degraded | stopping
+    state: str  # starting | running | degraded | paused | stopping
     state_reason: str | None
     runtime: str
     runtime_version: str
@@ -193,6 +193,8 @@ class HealthReport:
     counters: dict[str, int]
     mqtt: dict[str, Any]
     system: dict[str, float | None]
+    # Mean score of the best pose in the frames with a pose since the last report (None: no pose).
+    pose_score: float | None = None
 
 
 def health_payload(report: HealthReport) -> dict[str, Any]:
@@ -217,4 +219,5 @@ def health_payload(report: HealthReport) -> dict[str, Any]:
         "counters": report.counters,
         "mqtt": report.mqtt,
         "system": report.system,
+        "pose_score": None if report.pose_score is None else round(report.pose_score, 3),
     }

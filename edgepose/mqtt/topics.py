@@ -24,3 +24,28 @@ class Topics:
     @property
     def health(self) -> str:
         return f"{self.base}/{self.device_id}/health"
+
+    @property
+    def presence(self) -> str:
+        return f"{self.base}/{self.device_id}/presence"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/{self.device_id}/events"
+
+    @property
+    def set(self) -> str:
+        """Commands in (the only topic edgepose subscribes to, besides Home Assistant's status)."""
+        return f"{self.base}/{self.device_id}/set"
+
+    @property
+    def set_result(self) -> str:
+        return f"{self.base}/{self.device_id}/set/result"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/{self.device_id}/state"
+
+    @property
+    def snapshot(self) -> str:
+        return f"{self.base}/{self.device_id}/snapshot"
