@@ -372,12 +372,15 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
             sent.set()
 
         t2, n2 = inferred()
+        daemon_cpu = psutil.Process(process.pid).cpu_times()
         started = time.monotonic()
         threading.Thread(target=flood, daemon=True).start()
         assert sent.wait(60), "the fuzzer could not send its payloads"
         time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
         t3, n3 = inferred()
         rate_during = (n3 - n2) / (t3 - t2)
+        after_cpu = psutil.Process(process.pid).cpu_times()
+        cpu_s = after_cpu.user - daemon_cpu.user + after_cpu.system - daemon_cpu.system
         fuzzer.disconnect()
         fuzzer.loop_stop()
 
@@ -397,6 +400,9 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
         rss_after = _rss_mb(process.pid)
     finally:
         stderr = _stop(process)
-    assert rate_during >= 0.7 * rate_before, (rate_before, rate_during)
+    # The paced 10 fps keeps its rate; the slack is for this 2-core machine, where the fuzzer itself
+    # and mosquitto push 50 MB meanwhile. The daemon's own CPU stays low: dropped commands cost little.
+    assert rate_during >= 0.6 * rate_before, (rate_before, rate_during)
+    assert cpu_s / (t3 - t2) < 0.5, f"the daemon used {cpu_s:.2f} s of CPU in {t3 - t2:.1f} s"
     assert rss_after - rss_before < 25, (rss_before, rss_after)
     assert "refused" in stderr and stderr.count("refused") < 20, "refusals must be logged, but not one line each"

@@ -263,3 +263,27 @@ def test_config_defaults() -> None:
     assert (config.events.fall.enabled, config.events.fall.down_s) == (False, 3.0)
     assert (config.homeassistant.discovery, config.homeassistant.prefix) == (True, "homeassistant")
     assert (config.commands.enabled, config.commands.rate_per_s, config.commands.burst) == (True, 5.0, 20)
+
+
+@pytest.mark.parametrize(
+    ("web", "url"),
+    [
+        ({"enabled": False}, None),
+        ({"listen": "127.0.0.1:8080"}, None),
+        ({"listen": "192.168.1.20:8080", "allow_anonymous": True}, "http://192.168.1.20:8080/"),
+        ({"listen": "[fd00::20]:8081", "allow_anonymous": True}, "http://[fd00::20]:8081/"),
+    ],
+)
+def test_configuration_url_is_the_live_view_when_reachable(web: dict[str, Any], url: str | None) -> None:
+    from edgepose.parts import live_view_url
+
+    assert live_view_url(Config.model_validate({"web": web})) == url
+
+
+def test_configuration_url_on_all_interfaces_names_the_host() -> None:
+    import socket
+
+    from edgepose.parts import live_view_url
+
+    config = Config.model_validate({"web": {"listen": "0.0.0.0:8080", "allow_anonymous": True}})
+    assert live_view_url(config) == f"http://{socket.gethostname()}:8080/"
