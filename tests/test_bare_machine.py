@@ -4,6 +4,7 @@ broker fall back to the embedded pure-Python broker (amqtt), and say so."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,3 +130,9 @@ def _closed(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (.ci/run installs it)")
+def test_run_demo_script_is_shellcheck_clean() -> None:
+    result = subprocess.run(["shellcheck", "-x", "scripts/run_demo.sh"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
