@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import statistics
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     fps: dict[str, list[float]] = {"off": [], "idle": [], "viewer": []}
+    load_before = os.getloadavg()
     streamed_mb: list[float] = []
     with LocalBroker() as broker:
         for _ in range(args.rounds):
@@ -91,6 +93,11 @@ def main() -> None:
         "idle_vs_off": round(median["idle"] / median["off"], 4),
         "viewer_vs_off": round(median["viewer"] / median["off"], 4),
         "viewer_streamed_mb": streamed_mb,
+        "cpu_count": os.cpu_count(),
+        # Other work on the machine skews absolute rates; the modes are interleaved round by round,
+        # so the ratios are what to read. The load averages say how busy the machine was.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(report, indent=2))
     if args.json:
