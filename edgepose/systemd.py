@@ -53,9 +53,10 @@ class Notifier:
     def send(self, message: str) -> bool:
         if self._address is None:
             return False
-        if self._library_notify is not None:
-            return bool(self._library_notify(message))
         try:
+            if self._library_notify is not None:
+                # systemd-python raises (ConnectionRefusedError, ...) where libsystemd returns an error.
+                return bool(self._library_notify(message))
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._socket.sendto(message.encode(), _notify_address(self._address))

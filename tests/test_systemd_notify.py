@@ -49,7 +49,8 @@ class NotifySocket:
     def lines(self, key: str) -> list[tuple[float, str]]:
         return [(t, line) for t, message in list(self.messages) for line in message.split("\n") if line.startswith(key)]
 
-    def wait_for(self, key: str, count: int = 1, timeout_s: float = 20) -> list[tuple[float, str]]:
+    def wait_for(self, key: str, count: int = 1, timeout_s: float = 90) -> list[tuple[float, str]]:
+        # A generous deadline: it only bounds a failure; start-up under load takes tens of seconds.
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and len(self.lines(key)) < count:
             time.sleep(0.02)
@@ -95,27 +96,35 @@ def _start_with_config(config: Path, model_dir: Path, notify: NotifySocket) -> s
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[int, str, float]:
+    """SIGTERM; the seconds until the process had exited (reaped, not until its pipes were read)."""
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=10)
-    return process.returncode, stderr, time.monotonic() - started
+    process.wait(timeout=30)
+    took_s = time.monotonic() - started
+    _, stderr = process.communicate(timeout=30)
+    return process.returncode, stderr, took_s
 
 
 def test_ready_status_watchdog_stopping_and_sigterm(
     broker: Broker, subscribe: Any, model_dir: Path, notify_socket: NotifySocket
 ) -> None:
     collector = subscribe(broker)
-    process = _start(broker, model_dir, notify_socket, "--set", "camera.source=synthetic:30", WATCHDOG_USEC="400000")
+    # WatchdogSec=30s in the unit; scaled down to 2 s here (not less: a 0.4 s watchdog is missed by a
+    # daemon that merely waits for a core on a loaded machine, as systemd's would be).
+    process = _start(broker, model_dir, notify_socket, "--set", "camera.source=synthetic:30", WATCHDOG_USEC="2000000")
     try:
-        (ready_at, _), *_ = notify_socket.wait_for("READY=1")
-        first = json.loads(collector.wait_for("sd/keypoints", 1, timeout_s=10)[0])
+        ready = notify_socket.wait_for("READY=1")
+        assert ready, "no READY=1"
+        ready_at = ready[0][0]
+        first = json.loads(collector.wait_for("sd/keypoints", 1, timeout_s=30)[0])
         # READY only after a frame went through the model: that frame was captured before READY.
         assert first["timestamp"] <= ready_at
-        time.sleep(2.0)
-        pings = [t for t, _ in notify_socket.lines("WATCHDOG=1")]
-        # Half of WATCHDOG_USEC = 0.2 s: about 10 pings in 2 s of steady frames.
-        assert len(pings) >= 6, pings
-        assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4
+        pings = [t for t, _ in notify_socket.wait_for("WATCHDOG=1", count=5, timeout_s=60)]
+        assert len(pings) >= 5, pings
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        # Half of WATCHDOG_USEC = 1 s: a steady rhythm, never faster (not every 0.1 s supervisor tick)
+        # and never missing the watchdog's deadline while frames flow.
+        assert min(gaps) > 0.5 and max(gaps) < 2.0, gaps
         status = notify_socket.wait_for("STATUS=running")
         assert any("fps" in line and "mqtt=connected" in line for _, line in status), status
     finally:
@@ -132,7 +141,9 @@ def test_no_watchdog_pings_while_the_source_is_stalled(broker: Broker, model_dir
     notify = NotifySocket(str(tmp_path / "n.sock"))
     process = _start(broker, model_dir, notify, "--set", "camera.source=synthetic:0.25", WATCHDOG_USEC="500000")
     try:
-        (ready_at, _), *_ = notify.wait_for("READY=1")
+        ready = notify.wait_for("READY=1")
+        assert ready, "no READY=1"
+        ready_at = ready[0][0]
         time.sleep(6.5)  # frames at ~0 s, ~4 s: two bursts of progress, each worth at most one ping
         pings = [t - ready_at for t, _ in notify.lines("WATCHDOG=1")]
     finally:
@@ -157,26 +168,27 @@ def test_sighup_applies_a_valid_change_and_survives_an_invalid_file(
     collector = subscribe(broker)
     process = _start_with_config(config, model_dir, notify)
     try:
-        notify.wait_for("READY=1")
-        assert len(collector.wait_for("hup/health", 1, timeout_s=5)) == 1
+        assert notify.wait_for("READY=1"), "no READY=1"
+        assert len(collector.wait_for("hup/health", 1, timeout_s=30)) == 1
         time.sleep(1.0)
         assert len(collector.on("hup/health")) == 1, "health interval 60 s: no second message yet"
 
         config.write_text(config.read_text().replace("interval_s: 60", "interval_s: 0.3"))
         process.send_signal(signal.SIGHUP)
-        assert notify.wait_for("RELOADING=1", timeout_s=5)
-        assert len(notify.wait_for("READY=1", count=2, timeout_s=5)) == 2
-        health = collector.wait_for("hup/health", 6, timeout_s=5)
+        assert notify.wait_for("RELOADING=1", timeout_s=30)
+        assert len(notify.wait_for("READY=1", count=2, timeout_s=60)) == 2
+        health = collector.wait_for("hup/health", 6, timeout_s=30)
         assert len(health) >= 6, "the new health interval was not applied"
 
         config.write_text(config.read_text() + "bogus_section: 1\n")
         process.send_signal(signal.SIGHUP)
-        assert len(notify.wait_for("RELOADING=1", count=2, timeout_s=5)) == 2
-        time.sleep(0.5)
+        assert len(notify.wait_for("RELOADING=1", count=2, timeout_s=30)) == 2
+        # The rejection is done when the daemon says READY again (after a reload, good or bad).
+        assert len(notify.wait_for("READY=1", count=3, timeout_s=60)) == 3
         assert process.poll() is None, "an invalid config on SIGHUP must not stop the daemon"
         before = len(collector.on("hup/keypoints"))
-        time.sleep(0.5)
-        assert len(collector.on("hup/keypoints")) > before, "keypoints stopped after a rejected reload"
+        more = collector.wait_for("hup/keypoints", before + 5, timeout_s=30)
+        assert len(more) >= before + 5, "keypoints stopped after a rejected reload"
     finally:
         code, stderr, _ = _stop(process)
         notify.close()
@@ -259,6 +271,25 @@ def test_notifier_sends_real_datagrams(tmp_path: Path, monkeypatch: pytest.Monke
         listener.close()
 
 
+@pytest.mark.parametrize("use_library", [False, True])
+def test_notifier_survives_a_socket_nobody_listens_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_library: bool
+) -> None:
+    """systemd gone or restarting: a lost notification must not take the daemon down (systemd-python
+    raised ConnectionRefusedError out of the supervisor loop: exit 70, an internal error)."""
+    if use_library:
+        require_systemd_python()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody.sock"))
+    notifier = Notifier(use_library=use_library)
+    assert notifier.via == ("systemd-python" if use_library else "socket")
+    try:
+        assert notifier.send("WATCHDOG=1") is False
+        notifier.ready("running")
+        notifier.stopping()
+    finally:
+        notifier.close()
+
+
 # Runs the daemon in a private mount namespace whose /run/systemd/journal is the test's directory, so
 # libsystemd's sd_journal_send() reaches the test's socket at its fixed path and the host is untouched.
 _PRIVATE_JOURNAL = (
@@ -339,8 +370,8 @@ def test_sighup_rebuilds_camera_model_and_mqtt_that_changed(
     collector = subscribe(broker, "#")
     process = _start_with_config(config, model_dir, notify)
     try:
-        notify.wait_for("READY=1")
-        before = json.loads(collector.wait_for("before/rebuild/keypoints", 3, timeout_s=10)[-1])
+        assert notify.wait_for("READY=1"), "no READY=1"
+        before = json.loads(collector.wait_for("before/rebuild/keypoints", 3, timeout_s=30)[-1])
         assert before["frame"]["width"] == 640
         config.write_text(
             config.read_text()
@@ -349,14 +380,14 @@ def test_sighup_rebuilds_camera_model_and_mqtt_that_changed(
             .replace("base_topic: before", "base_topic: after")
         )
         process.send_signal(signal.SIGHUP)
-        assert len(notify.wait_for("READY=1", count=2, timeout_s=10)) == 2
-        after = [json.loads(p) for p in collector.wait_for("after/rebuild/keypoints", 3, timeout_s=10)]
+        assert len(notify.wait_for("READY=1", count=2, timeout_s=60)) == 2
+        after = [json.loads(p) for p in collector.wait_for("after/rebuild/keypoints", 3, timeout_s=30)]
         assert len(after) >= 3, "no keypoints on the new base topic after reload"
         assert all(p["frame"]["width"] == 320 for p in after)
         # Without smart crop every frame is the plain letterbox: 320x480 padded 80 px left and right.
         assert all(p["crop"] == {"ymin": 0.0, "xmin": -0.25, "ymax": 1.0, "xmax": 1.25} for p in after)
-        assert [p.decode() for p in collector.wait_for("before/rebuild/status", 2, timeout_s=5)][-1] == "offline"
-        assert [p.decode() for p in collector.wait_for("after/rebuild/status", 1, timeout_s=5)][-1] == "online"
+        assert [p.decode() for p in collector.wait_for("before/rebuild/status", 2, timeout_s=30)][-1] == "offline"
+        assert [p.decode() for p in collector.wait_for("after/rebuild/status", 1, timeout_s=30)][-1] == "online"
         seqs = [p["seq"] for p in after]
         assert seqs[0] > before["seq"], "seq restarted on reload; it counts per run"
     finally:

@@ -367,6 +367,9 @@ class FallbackStats:
     probes: int = 0
     probe_failures: int = 0
     last_fallback_gap_s: float | None = None  # last EdgeTPU result to the CPU result replacing it
+    # Last EdgeTPU result to the switch itself: the fallback's own delay, without the CPU invoke that
+    # follows it (which only measures how fast the CPU is, e.g. on a loaded machine).
+    last_switch_s: float | None = None
 
 
 class FallbackBackend:
@@ -533,6 +536,7 @@ class FallbackBackend:
         self._last_probe_error = None
         self.stats.fallbacks += 1
         self.stats.last_fallback_gap_s = None
+        self.stats.last_switch_s = now - self._last_edgetpu_result_s
         self.degraded_reason = f"EdgeTPU {reason}; running on the CPU model"
         log.warning(
             "EdgeTPU %s: switched to the CPU model, re-probing the EdgeTPU every %gs",
