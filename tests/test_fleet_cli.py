@@ -197,3 +197,24 @@ def test_keypoints_expiry_spares_a_returning_consumer_stale_frames(broker: Broke
     client.loop_stop()
     assert report["sent"] > 10
     assert len(got) == (0 if expiry_s else report["sent"])
+
+
+def test_simulated_devices_publish_schema_valid_health_and_status(broker: Broker, subscribe: Any) -> None:
+    """Consumers validate a simulated device's health like a real one's."""
+    import jsonschema
+
+    from edgepose.fleet.sim import BrokerAddress, SimConfig, run_fleet
+    from tests.test_payloads import load_schema
+
+    collector = subscribe(broker)
+    report = run_fleet(SimConfig(2, 10, 0.5, (BrokerAddress(broker.host, broker.port),), id_prefix="valid"))
+    health = collector.wait_for("/health", 2, timeout_s=5)
+    assert len(health) >= 2
+    schema = load_schema("health")
+    for payload in health:
+        message = json.loads(payload)
+        jsonschema.validate(message, schema)
+        assert message["device_id"].startswith("valid-") and message["source"] == "fleet-sim"
+    statuses = [p.decode() for p in collector.on("/status")]
+    assert statuses.count("online") == 2 and statuses.count("offline") == 2
+    assert report["sent"] > 0

@@ -339,7 +339,10 @@ class SimLoop:
         self._flush(device)
 
     def _publish_health(self, device: _Device) -> None:
+        """A schema-valid edgepose.health/1 (consumers validate it like a real device's)."""
         uptime_s = time.monotonic() - device.started_monotonic_s
+        inference = {"p50": SIM_INFERENCE_MS, "p95": SIM_INFERENCE_MS}
+        unmeasured: dict[str, float | None] = {"p50": None, "p95": None}
         report = HealthReport(
             device_id=device.device_id,
             timestamp_s=time.time(),
@@ -347,23 +350,42 @@ class SimLoop:
             version=__version__,
             state="running",
             state_reason=None,
-            runtime="fleet-sim",
-            runtime_version=__version__,
+            runtime="litert",
+            runtime_version=f"fleet-sim {__version__}",
             backend="cpu",
-            backend_reason="simulated device (edgepose fleet-sim): replayed poses, no model",
+            backend_reason="simulated device (edgepose fleet-sim): replayed poses, no model runs",
             edgetpu_temp_c=None,
             model=SIM_MODEL,
             source="fleet-sim",
             num_threads=1,
             fps={"capture": self.config.fps, "inference": self.config.fps, "published": self.config.fps},
-            latency_ms={"inference": {"p50": SIM_INFERENCE_MS, "p95": SIM_INFERENCE_MS}},
+            latency_ms={
+                "inference": inference,
+                "capture_to_publish": unmeasured,
+                "frame_age_at_inference": unmeasured,
+                "stages": {
+                    stage: inference if stage == "invoke" else unmeasured
+                    for stage in ("capture_wait", "preprocess", "invoke", "decode", "publish")
+                },
+            },
             counters={
-                "frames_captured": device.seq,
+                "frames_captured": device.seq + device.skipped_late,
                 "frames_inferred": device.seq,
                 "frames_published": device.sent,
-                "publish_failed": device.publish_refused,
+                "frames_dropped": device.skipped_late,
+                "frames_dropped_stale": device.skipped_late,
+                "frames_dropped_throttle": 0,
+                "frames_failed": 0,
+                "publish_failed": device.publish_refused + device.dropped,
+                "source_reopens": 0,
             },
-            mqtt={"connected": device.connected, "reconnects": 0, "queued": 0, "not_published": device.publish_refused},
+            mqtt={
+                "connected": device.connected,
+                "protocol": self.config.protocol,
+                "reconnects": 0,
+                "queued": 0,
+                "not_published": device.publish_refused + device.dropped,
+            },
             system={"cpu_percent": None, "memory_rss_mb": None, "load1": None, "cpu_temp_c": None},
         )
         info = device.client.publish(device.topics.health, encode(health_payload(report)), qos=1, retain=True)
