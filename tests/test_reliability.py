@@ -144,7 +144,7 @@ def run_outages(
                 payloads = [json.loads(m[1]) for m in subscriber.on("/health", live_only=True)]
                 return [h for h in payloads if h["timestamp"] > since_s]
 
-            assert wait_until(lambda t=up_wall_s: bool(healths_since(t)), 5), "no health after the outage"
+            assert wait_until(lambda t=up_wall_s: bool(healths_since(t)), 30), "no health after the outage"
             # Nothing made while the broker was away (it would say connected: false) is ever sent.
             assert all(h["timestamp"] > up_wall_s for h in healths_since(down_wall_s + 0.5))
             first_health_after.append(healths_since(up_wall_s)[0])
@@ -239,29 +239,45 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
     broker.start()
     seen: list[bytes] = []
 
-    def retained_status() -> bytes | None:
+    def retained_status() -> tuple[bytes | None, float]:
+        """The retained status and when the broker answered the subscription (it sends what it
+        retains right behind the SUBACK, so that is the moment the answer describes)."""
         got: list[bytes] = []
+        subscribed = threading.Event()
+        answered_s: list[float] = []
+
+        def on_subscribe(*_: Any) -> None:
+            answered_s.append(time.monotonic())
+            subscribed.set()
+
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{len(seen)}", protocol=mqtt.MQTTv5)
         client.on_message = lambda c, u, m: got.append(bytes(m.payload))
+        client.on_subscribe = on_subscribe
         client.connect("127.0.0.1", broker.port)
         client.subscribe(f"edgepose/{device}/status", qos=1)
         client.loop_start()
-        time.sleep(0.3)
+        # Waiting for the SUBACK, not a fixed 0.3 s: on a loaded machine the answer can come later,
+        # and a probe that gave up early would read a missing `online` as an expired one.
+        assert subscribed.wait(30), "no SUBACK from the broker"
+        time.sleep(0.3)  # the retained message follows the SUBACK in the same stream
         client.disconnect()
         client.loop_stop()
-        return got[-1] if got else None
+        return (got[-1] if got else None), answered_s[0]
 
     try:
         # Bounded: the last refresh was at most expiry_s / 3 before the crash, so `online` is gone
-        # at most expiry_s after the daemon died.
-        while time.monotonic() - died_s < expiry_s + 2.0:
-            status = retained_status()
+        # at most expiry_s after the daemon died. Measured at the broker's answer, not after the
+        # probe's own (load-dependent) connect and teardown.
+        gone_after_s = None
+        while time.monotonic() - died_s < expiry_s + 30:
+            status, answered_s = retained_status()
             seen.append(status or b"(none)")
             if status != b"online":
+                gone_after_s = answered_s - died_s
                 break
         assert seen[0] == b"online", seen  # the crash really did bring the saved `online` back...
         assert seen[-1] != b"online", seen  # ...and its expiry ended it
-        assert time.monotonic() - died_s <= expiry_s + 2.0  # + the probes' own time on a busy machine
+        assert gone_after_s is not None and gone_after_s <= expiry_s + 2.0, (gone_after_s, seen)
     finally:
         broker.stop()
 
@@ -291,7 +307,7 @@ def test_takeover_by_a_twin_is_an_error_in_log_and_health(
             last = subscriber.on("/health", live_only=True)[-1]
             return int(json.loads(last[1])["mqtt"]["session_takeovers"]) >= 1
 
-        assert wait_until(taken_over, 20)
+        assert wait_until(taken_over, 60)
         health = json.loads(subscriber.on("/health", live_only=True)[-1][1])["mqtt"]
         assert "session taken over" in health["last_error"] and "'edgepose-twin'" in health["last_error"]
         stderr = _stop(daemon)
