@@ -49,10 +49,13 @@ def edgepose(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgepose", *args]
 
 
-def start_consumer(address: str, out: Path, share: str | None, protocol: str) -> subprocess.Popen[str]:
+def start_consumer(address: str, out: Path, share: str | None, protocol: str, cap_s: float) -> subprocess.Popen[str]:
     group = ["--share", share] if share else []
+    # --duration is only a cap (they are stopped once drained): a killed bench leaves no consumer behind.
     return subprocess.Popen(
-        edgepose("watch", "--mqtt", address, *group, "--json", str(out), "--protocol", protocol),
+        edgepose(
+            "watch", "--mqtt", address, *group, "--json", str(out), "--protocol", protocol, "--duration", str(cap_s)
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,7 +122,8 @@ def run_case(
     name = f"{case.devices}x{case.fps:g}-{case.payload_format}"
     outs = [workdir / f"{name}-consumer{n}.json" for n in range(consumers)]
     sim_out = workdir / f"{name}-sim.json"
-    watchers = [start_consumer(addresses[0], out, share, protocol) for out in outs]
+    cap_s = case.duration_s + DRAIN_MAX_S + 180
+    watchers = [start_consumer(addresses[0], out, share, protocol, cap_s) for out in outs]
     for watcher in watchers:
         wait_subscribed(watcher, addresses[0])
     watched = [psutil.Process(c.pid) for c in watchers]

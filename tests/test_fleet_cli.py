@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,22 @@ import pytest
 from edgepose.client import DeviceState
 from tests.conftest import Broker, edgepose_command
 
+# A cap on every background watcher: stopped early by report(), or ended by the `watchers` fixture,
+# it still ends by itself if the test run is killed outright.
+WATCH_CAP = ("--duration", "120")
+
 
 class Watcher:
-    """`edgepose watch` in the background; started() returns once it is subscribed."""
+    """`edgepose watch` in the background; wait_subscribed() returns once it is subscribed."""
 
     def __init__(self, broker: Broker, out: Path, *extra: str) -> None:
         self.out = out
         self.process = subprocess.Popen(
-            [*edgepose_command("watch", "--mqtt", f"{broker.host}:{broker.port}", "--json", str(out)), *extra],
+            [
+                *edgepose_command("watch", "--mqtt", f"{broker.host}:{broker.port}", "--json", str(out)),
+                *WATCH_CAP,
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -47,6 +56,22 @@ class Watcher:
         return report
 
 
+@pytest.fixture
+def watchers() -> Iterator[Callable[..., Watcher]]:
+    """Makes Watchers and ends any still running when the test ends, passed or failed."""
+    made: list[Watcher] = []
+
+    def make(broker: Broker, out: Path, *extra: str) -> Watcher:
+        made.append(Watcher(broker, out, *extra))
+        return made[-1]
+
+    yield make
+    for watcher in made:
+        if watcher.process.poll() is None:
+            watcher.process.kill()
+            watcher.process.wait(10)
+
+
 def start_fleet_sim(broker: Broker, out: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*edgepose_command("fleet-sim", "--mqtt", f"{broker.host}:{broker.port}", "--json", str(out)), *args],
@@ -69,9 +94,11 @@ def fleet_sim(broker: Broker, out: Path, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.needs_mqtt5  # shared subscriptions ($share) and watch's default protocol
-def test_shared_group_splits_the_stream_between_two_consumers(broker: Broker, tmp_path: Path) -> None:
-    members = [Watcher(broker, tmp_path / f"member{n}.json", "--share", "analytics") for n in range(2)]
-    whole = Watcher(broker, tmp_path / "whole.json", "--record", str(tmp_path / "all.jsonl"))
+def test_shared_group_splits_the_stream_between_two_consumers(
+    broker: Broker, tmp_path: Path, watchers: Callable[..., Watcher]
+) -> None:
+    members = [watchers(broker, tmp_path / f"member{n}.json", "--share", "analytics") for n in range(2)]
+    whole = watchers(broker, tmp_path / "whole.json", "--record", str(tmp_path / "all.jsonl"))
     for watcher in [*members, whole]:
         watcher.wait_subscribed()
     sim = fleet_sim(
@@ -107,8 +134,10 @@ def test_shared_group_splits_the_stream_between_two_consumers(broker: Broker, tm
 
 
 @pytest.mark.needs_mqtt5  # watch's default protocol
-def test_watch_counts_exactly_the_messages_a_lossy_device_dropped(broker: Broker, tmp_path: Path) -> None:
-    watcher = Watcher(broker, tmp_path / "watch.json")
+def test_watch_counts_exactly_the_messages_a_lossy_device_dropped(
+    broker: Broker, tmp_path: Path, watchers: Callable[..., Watcher]
+) -> None:
+    watcher = watchers(broker, tmp_path / "watch.json")
     watcher.wait_subscribed()
     clean = start_fleet_sim(broker, tmp_path / "sim.json", "--devices", "4", "--fps", "20", "--duration", "1.5")
     lossy = start_fleet_sim(
