@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from edgepose.embedded_broker import available as embedded_available
 from edgepose.errors import EdgeposeError
 
@@ -78,14 +80,26 @@ class LocalBroker:
             self._process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
+            # Ours must still be running: when another process took the port meanwhile (the port was
+            # free when chosen, maybe long before), the broker exits and that other listener answers.
+            if self._process.poll() is not None:
+                break
+            if self._listening():
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         name = "the embedded broker" if self.embedded else "mosquitto"
         raise EdgeposeError(f"{name} did not start on port {self.port}: {self.log_path.read_text()[-500:]}")
+
+    def _listening(self) -> bool:
+        """Our broker process (not just anyone) listens on the port."""
+        if self._process is None:
+            return False
+        try:
+            connections = psutil.Process(self._process.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == self.port for c in connections)
 
     @property
     def pid(self) -> int | None:
