@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgepose.config import (
     _allowed_keys,
+    _LineIndex,
+    default_device_id,
     is_loopback,
     listen_address,
+    load_config,
     machine_suffix,
     parse_override,
     read_password,
@@ -183,3 +188,59 @@ def test_the_mqtt_password_comes_from_the_mqtt_section(tmp_path: Path) -> None:
     assert read_mqtt_password(MqttConfig(password_file=secret)) == "broker-pw"
     with pytest.raises(ConfigError, match=r":0: mqtt\.password_file: cannot read password"):
         read_mqtt_password(MqttConfig(password_file=tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("pi-lab.local", "pi-lab"),
+        ("My Host.lan", "My-Host"),
+        ("cam_1", "cam_1"),
+        ("Ünïcode", "-n-code"),
+        ("", "edgepose-01234567"),  # no name at all: the project's name, made unique like a stock one
+        ("raspberrypi", "raspberrypi-01234567"),
+        ("RaspberryPi.home", "RaspberryPi-01234567"),  # stock names are matched without case
+        ("dietpi", "dietpi-01234567"),
+    ],
+)
+def test_default_device_id(hostname: str, expected: str, tmp_path: Path) -> None:
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    assert default_device_id(hostname, [machine_id]) == expected
+
+
+def test_default_device_id_asks_the_system_for_the_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "kitchen-cam.lan")
+    assert default_device_id() == "kitchen-cam"
+
+
+def test_line_index_follows_mappings_and_sequences() -> None:
+    text = "a:\n  b:\n    - x\n    - y: 1\n      z: 2\nc: 3\n"
+    index = _LineIndex(yaml.compose(text))
+    assert index.line_of([]) == 1
+    assert index.line_of(["c"]) == 6
+    assert index.line_of(["a", "b"]) == 2
+    assert index.line_of(["a", "b", 0]) == 3
+    assert index.line_of(["a", "b", 1, "z"]) == 5
+    assert index.line_of(["a", "b", 9]) == 2  # past the end of the list: the list's own line
+    assert index.line_of(["a", "b", 0, "deeper"]) == 3  # a scalar has no keys: its own line
+    assert index.line_of(["a", "missing", "x"]) == 1  # an unknown key: the nearest known line
+    assert index.line_of(["a", "b", "0"]) == 2  # a sequence is indexed by numbers only
+    assert _LineIndex(None).line_of(["a"]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A merge key first must not stop the duplicate check of the keys after it.
+        ("base: &b {x: 1}\nm:\n  <<: *b\n  y: 1\n  y: 2\n", ":5: (yaml): duplicate key 'y' (first given on line 4)"),
+        # Nor must an unhashable key: the duplicate after it is still reported as one.
+        ("? [1, 2]\n: v\nk: 1\nk: 2\n", ":4: (yaml): duplicate key 'k' (first given on line 3)"),
+    ],
+)
+def test_duplicate_keys_are_found_past_merge_keys_and_unhashable_keys(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "edgepose.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{path}{message}"]
