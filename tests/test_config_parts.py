@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -10,18 +12,28 @@ import pytest
 import yaml
 
 from edgepose.config import (
+    MAX_CONFIG_BYTES,
+    WebConfig,
     _allowed_keys,
+    _check_readable,
+    _dotted,
     _LineIndex,
+    _ssl_reason,
+    check_client_pair,
+    default_config_path,
     default_device_id,
     is_loopback,
     listen_address,
     load_config,
     machine_suffix,
     parse_override,
+    parse_source,
     read_password,
+    read_web_password,
     redact_override,
 )
 from edgepose.errors import ConfigError
+from tests.tlsfiles import TlsFiles, make_tls_files
 
 
 @pytest.mark.parametrize(
@@ -244,3 +256,146 @@ def test_duplicate_keys_are_found_past_merge_keys_and_unhashable_keys(tmp_path: 
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == [f"{path}{message}"]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+def test_client_pair_errors_name_the_files_and_the_reason(tls: TlsFiles, tmp_path: Path) -> None:
+    check_client_pair(tls.client_cert, tls.client_key)  # a real pair loads
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "ec", "-in", str(tls.client_key), "-aes256", "-passout", "pass:x", "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(ValueError) as caught:
+        check_client_pair(tls.client_cert, encrypted)
+    assert str(caught.value) == f"key_file {encrypted}: the key is encrypted; edgepose needs an unencrypted key"
+    with pytest.raises(ValueError) as caught:
+        check_client_pair(tls.client_cert, tls.other_key)
+    assert str(caught.value) == f"key_file {tls.other_key} does not match cert_file {tls.client_cert}"
+    with pytest.raises(ValueError) as caught:
+        check_client_pair(tls.client_cert, None)
+    assert str(caught.value).startswith(
+        f"cert_file {tls.client_cert}: no private key in it and no key_file set, or not a PEM certificate ("
+    )
+    # The reason is OpenSSL's, lower case with spaces: "(pem lib)", "(no start line)" and the like.
+    reason = str(caught.value).rsplit("(", 1)[1]
+    assert reason == reason.lower() and "_" not in reason and reason.rstrip(")")
+    with pytest.raises(ValueError) as caught:
+        check_client_pair(tls.client_cert, tls.ca_cert)
+    message = str(caught.value)
+    assert message.startswith(f"cert_file {tls.client_cert} / key_file {tls.ca_cert}: not a PEM certificate and key (")
+    assert message.rsplit("(", 1)[1] == message.rsplit("(", 1)[1].lower()
+
+
+def test_ssl_reason_prefers_the_reason_then_the_error_text() -> None:
+    with_reason = ssl.SSLError(1, "[SSL: KEY_VALUES_MISMATCH] key values mismatch")
+    with_reason.reason = "KEY_VALUES_MISMATCH"  # type: ignore[misc]
+    assert _ssl_reason(with_reason) == "key values mismatch"
+    bare = ssl.SSLError(5, "EOF_IN_PEM")
+    bare.reason = None  # type: ignore[misc]
+    assert _ssl_reason(bare) == "eof in pem"
+    text_only = ssl.SSLError("Just_Text")
+    text_only.reason = None  # type: ignore[misc]
+    assert _ssl_reason(text_only) == "('just text',)"  # no reason, no strerror: the exception's own text
+
+
+def test_check_readable_names_key_path_and_reason(tmp_path: Path) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    _check_readable("mqtt.tls.ca_file", a_file)
+    with pytest.raises(ValueError) as caught:
+        _check_readable("mqtt.tls.ca_file", a_file / "below-a-file")
+    assert str(caught.value) == f"mqtt.tls.ca_file {a_file / 'below-a-file'}: Not a directory"
+    with pytest.raises(ValueError) as caught:
+        _check_readable("mqtt.tls.ca_file", tmp_path)
+    assert str(caught.value) == f"mqtt.tls.ca_file {tmp_path}: not a regular file"
+
+
+def test_config_file_read_errors_are_exact(tmp_path: Path) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    below = a_file / "edgepose.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(below)
+    assert caught.value.problems == [f"{below}:0: (file): cannot read: Not a directory"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert caught.value.problems == [f"{tmp_path}:0: (file): is a directory, expected a YAML file"]
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"device_id: caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(latin1)
+    assert caught.value.problems == [
+        f"{latin1}:0: (file): cannot read: "
+        "'utf-8' codec can't decode byte 0xe9 in position 14: invalid continuation byte"
+    ]
+    top_list = tmp_path / "list.yaml"
+    top_list.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(top_list)
+    assert caught.value.problems == [f"{top_list}:1: (top level): expected a mapping of sections, got list"]
+
+
+def test_a_config_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "edgepose.yaml"
+    body = "device_id: at-limit\n"
+    path.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    assert path.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(path)[0].device_id == "at-limit"
+
+
+def test_default_config_path_is_the_first_that_exists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import edgepose.config as config_module
+
+    first, second, last = tmp_path / "etc.yaml", tmp_path / "repo.yaml", tmp_path / "last.yaml"
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATHS", (first, second, last))
+    assert default_config_path() == last  # none exists: the last, for the error message
+    second.write_text("{}\n")
+    assert default_config_path() == second
+    first.write_text("{}\n")
+    assert default_config_path() == first
+
+
+def test_dotted_key_paths() -> None:
+    assert _dotted(["mqtt", "tls", "ca_file"]) == "mqtt.tls.ca_file"
+    assert _dotted(["poses", 2]) == "poses.2"
+    assert _dotted([]) == "(top level)"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"usb": 0}, "usb:0"),  # `--set camera.source=usb: 0` reads as a one-key mapping
+        ({"images": "/x"}, "images:/x"),
+        ({"kind": "usb", "index": 1}, {"kind": "usb", "index": 1}),
+    ],
+)
+def test_parse_source_takes_one_key_mappings_as_the_string_meant(value: object, expected: object) -> None:
+    parsed = parse_source(value)
+    assert parsed == (parse_source(expected) if isinstance(expected, str) else expected)
+
+
+@pytest.mark.parametrize("value", [{"file": "/x", "extra": 1}, {"webcam": 0}, {}])
+def test_parse_source_refuses_other_mappings(value: object) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_source(value)
+    assert str(caught.value).startswith(
+        "expected one of auto, picamera2, demo"
+    ) and "a mapping with a 'kind' key" in str(caught.value)
+
+
+def test_web_password_comes_from_the_web_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("endsWithX\n")
+    assert read_web_password(WebConfig(password_file=secret)) == "endsWithX"  # only \r and \n are stripped
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "web_password").write_text("from-systemd\r\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    assert read_web_password(WebConfig(password_credential="web_password")) == "from-systemd"
+    with pytest.raises(ConfigError, match=r":0: web\.password_file: cannot read password"):
+        read_web_password(WebConfig(password_file=tmp_path / "absent"))
