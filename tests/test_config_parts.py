@@ -343,10 +343,10 @@ def test_config_file_read_errors_are_exact(tmp_path: Path) -> None:
 
 def test_a_config_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None:
     path = tmp_path / "edgepose.yaml"
-    body = "device_id: at-limit\n"
-    path.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    last = "\ndevice_id: at-limit-X"  # the file's very last byte is part of the value
+    path.write_text("#" * (MAX_CONFIG_BYTES - len(last)) + last)
     assert path.stat().st_size == MAX_CONFIG_BYTES
-    assert load_config(path)[0].device_id == "at-limit"
+    assert load_config(path)[0].device_id == "at-limit-X"
 
 
 def test_default_config_path_is_the_first_that_exists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
