@@ -76,3 +76,26 @@ def test_without_validation_malformed_is_still_one_error() -> None:
     bad = b'{"schema": "edgepose.kpc/1", "seq": 1, "ts": 1.0, "frame": [640, 480], "poses": [[1, 2]]}'
     with pytest.raises(PayloadError, match="malformed"):
         decode_keypoints("cam-7", bad, validate=False)
+
+
+def test_json_decoding_keeps_every_box_edge_model_and_backend() -> None:
+    pose = Pose(_pose(0.6).keypoints, 0.6, 4, BoundingBox(xmin=0.11, ymin=0.22, xmax=0.33, ymax=0.44))
+    frame = decode_keypoints("pi", keypoints_bytes(_message(poses=(pose,)), PayloadFormat.JSON))
+    assert frame.poses[0].bbox == BoundingBox(xmin=0.11, ymin=0.22, xmax=0.33, ymax=0.44)
+    assert (frame.model, frame.backend) == ("movenet_lightning_int8", "cpu")
+
+
+def test_unknown_schema_lists_the_known_ones() -> None:
+    with pytest.raises(PayloadError) as caught:
+        decode_keypoints("pi", b'{"schema": "other/1"}')
+    assert str(caught.value) == "pi: unknown keypoints schema 'other/1' (known: edgepose.keypoints/1, edgepose.kpc/1)"
+
+
+def test_compact_ids_or_boxes_of_another_length_are_malformed() -> None:
+    payload = json.loads(
+        keypoints_bytes(_message(poses=(_pose(0.7, track_id=3), _pose(0.4, track_id=5))), PayloadFormat.COMPACT)
+    )
+    payload["ids"] = [3]  # one id for two poses
+    with pytest.raises(PayloadError) as caught:
+        decode_keypoints("pi", json.dumps(payload).encode(), validate=False)
+    assert str(caught.value).startswith("pi: edgepose.kpc/1: malformed message (ValueError: zip()")
