@@ -255,7 +255,7 @@ def report(results: dict[str, Any], equivalent: list[dict[str, str]]) -> str:
         )
     lines += ["", "## Equivalent mutants", "", "No test can tell these changes from the original code:", ""]
     for entry in sorted(equivalent, key=lambda e: (e["function"], e["removed"], e["added"])):
-        function = entry["function"].replace("\u01c1", ".").replace(".x_", ".").replace("..x", ".")
+        function = entry["function"].replace(".x\u01c1", ".").replace("\u01c1", ".").replace(".x_", ".")
         change = f"`{entry['removed']}` → `{entry['added']}`".replace("\n", " ")
         lines.append(f"- `{function}`: {change}: {entry['reason']}")
     survivors = [(m, s) for m, row in sorted(results["modules"].items()) for s in row["survived_not_equivalent"]]
