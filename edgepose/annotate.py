@@ -1,8 +1,8 @@
 """The one drawing function: poses and the crop box drawn onto a copy of an RGB frame.
 
 Used by `edgepose infer --annotate`, the web live view and the MQTT snapshot, so a picture looks the
-same wherever it is seen. Pure: numpy arrays and pose dataclasses in, a new array out (OpenCV only
-draws; it never reads or writes files here).
+same wherever it is seen. Pure: numpy arrays and pose dataclasses in, a new array (or JPEG bytes) out
+(OpenCV only draws and encodes; it never reads or writes files here).
 """
 
 from __future__ import annotations
@@ -126,3 +126,11 @@ def _draw_pose(
         centre = px(point.x, point.y)
         cv2.circle(target, centre, radius, _side_colour(point.name), -1, cv2.LINE_AA)
         cv2.circle(target, centre, radius, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
+    """An RGB frame as JPEG bytes (the live view's stream and snapshots, the MQTT snapshot)."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image_rgb.shape} frame as JPEG")
+    return bytes(data.tobytes())

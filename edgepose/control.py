@@ -23,10 +23,9 @@ from enum import Enum
 from types import TracebackType
 from typing import Protocol
 
-import cv2
 import numpy as np
 
-from edgepose.annotate import annotate
+from edgepose.annotate import annotate, encode_jpeg
 from edgepose.commands import CommandError, RuntimeSettings, parse_command
 from edgepose.config import Config, EventsConfig, PresenceConfig
 from edgepose.fall import FallDetector
@@ -149,12 +148,10 @@ def snapshot_jpeg(latest: LatestFrame, score_threshold: float) -> bytes:
     """The annotated picture of a frame, as JPEG (the same drawing as the live view)."""
     result = latest.result
     picture = annotate(latest.image_rgb, result.poses, result.crop, score_threshold)
-    ok, encoded = cv2.imencode(
-        ".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_JPEG_QUALITY]
-    )
-    if not ok:
-        raise CommandError("snapshot: JPEG encoding failed")
-    return bytes(encoded.tobytes())
+    try:
+        return encode_jpeg(picture, SNAPSHOT_JPEG_QUALITY)
+    except ValueError as exc:
+        raise CommandError(f"snapshot: {exc}") from exc
 
 
 # -- commands -------------------------------------------------------------------------------------

@@ -11,18 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import cv2
-import numpy as np
-
-from edgepose.annotate import annotate
+from edgepose.annotate import annotate, encode_jpeg
 from edgepose.web.live import LiveFeed, LiveFrame
-
-
-def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {image_rgb.shape} frame as JPEG")
-    return data.tobytes()
 
 
 def render_jpeg(frame: LiveFrame, quality: int, raw: bool = False) -> bytes:
