@@ -15,6 +15,7 @@ export EDGEPOSE_MODEL_MIRROR ?= $(SHARED_DIR)/models:$(SHARED_DIR)/testdata/pose
 endif
 
 MQTT_PORT ?= 1883
+WEB_LISTEN ?= 127.0.0.1:8080
 MODELS := movenet_lightning_int8 movenet_lightning_int8_edgetpu samples
 
 .PHONY: run test venv models lint typecheck pytest test-nspawn mutants bench bench-runtimes bench-smoke test-outages pose-quality bench-fleet bench-payloads test-cluster test-ha clean
@@ -36,7 +37,7 @@ models: $(STAMP)
 	$(BIN)/edgepose models fetch $(MODELS)
 
 run: models
-	MQTT_PORT=$(MQTT_PORT) EDGEPOSE=$(BIN)/edgepose EDGEPOSE_PYTHON=$(BIN)/python scripts/run_demo.sh
+	MQTT_PORT=$(MQTT_PORT) WEB_LISTEN=$(WEB_LISTEN) EDGEPOSE=$(BIN)/edgepose EDGEPOSE_PYTHON=$(BIN)/python scripts/run_demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgepose tests bench scripts

@@ -7,6 +7,8 @@
 set -euo pipefail
 
 port="${MQTT_PORT:-1883}"
+# The live view's address (web.listen): another HOST:PORT when 8080 is taken (make run WEB_LISTEN=...).
+web_listen="${WEB_LISTEN:-127.0.0.1:8080}"
 edgepose="${EDGEPOSE:-edgepose}"
 python="${EDGEPOSE_PYTHON:-python3}"
 broker_pid=""
@@ -72,7 +74,7 @@ else
     echo "run: install one with: sudo apt install mosquitto mosquitto-clients  (the daemon keeps retrying meanwhile)" >&2
 fi
 echo "run: watch the stream with: mosquitto_sub -h localhost -p $port -t 'edgepose/+/#' -v"
-echo "run: live view: http://127.0.0.1:8080/"
+echo "run: live view: http://$web_listen/  (another address: make run WEB_LISTEN=127.0.0.1:8081)"
 echo "run: press Ctrl-C to stop"
 
 # Not exec: the EXIT trap must stop the private broker after the daemon exits. Ctrl-C reaches the
@@ -80,5 +82,5 @@ echo "run: press Ctrl-C to stop"
 trap 'true' INT TERM
 status=0
 "$edgepose" run -c config/edgepose.yaml \
-    --set camera.source=demo --set "mqtt.port=$port" --set logging.status_interval_s=3 || status=$?
+    --set camera.source=demo --set "mqtt.port=$port" --set "web.listen=$web_listen" --set logging.status_interval_s=3 || status=$?
 exit "$status"
