@@ -391,9 +391,10 @@ class FleetTracker:
         with self._lock:
             views = []
             for device in self._devices.values():
-                if device.rate_mark is None:
-                    device.rate_mark = (now_s, device.received)
-                elif now_s - device.rate_mark[0] >= 1.0:
+                if device.rate_mark is None and device.first_received_s is not None:
+                    # From the first message, not the first look: piped `watch` looks only at the end.
+                    device.rate_mark = (device.first_received_s, 1)
+                if device.rate_mark is not None and now_s - device.rate_mark[0] >= 1.0:
                     device.rate_per_s = (device.received - device.rate_mark[1]) / (now_s - device.rate_mark[0])
                     device.rate_mark = (now_s, device.received)
                 p50, p95 = _percentiles(list(device.latency_ms))
