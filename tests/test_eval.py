@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgepose.config import load_config
+from edgepose.errors import UsageError
 from edgepose.evaluation.clips import ClipSpec, LabelledImage, build_clip
 from edgepose.evaluation.datasets import TRUTH_COLUMNS, DatasetError, read_truth_csv
 from edgepose.evaluation.evaluate import EvalRequest, evaluate, score_clip
@@ -218,7 +219,7 @@ def test_eval_coco_oks_ap_and_pck(model_dir: Path, photos: list[LabelledImage], 
 
 def test_eval_without_data_or_with_a_missing_file_is_a_one_line_error(model_dir: Path, tmp_path: Path) -> None:
     result = run_edgepose("eval", model_dir=model_dir)
-    assert result.returncode == 65
+    assert result.returncode == 64  # a bad command line, as the README's exit codes say
     assert result.stderr.strip().endswith(
         "edgepose: error: nothing to evaluate: give --truth CSV with images or --video, or --coco"
     )
@@ -230,9 +231,9 @@ def test_eval_without_data_or_with_a_missing_file_is_a_one_line_error(model_dir:
 
 def test_evaluate_rejects_contradictory_requests() -> None:
     config, _ = load_config(None, [])
-    with pytest.raises(DatasetError, match="--clips builds clips from labelled stills"):
+    with pytest.raises(UsageError, match="--clips builds clips from labelled stills"):
         evaluate(config, EvalRequest(clips="quick", coco=Path("a.json"), coco_images=Path(".")))
-    with pytest.raises(DatasetError, match="--coco and --coco-images go together"):
+    with pytest.raises(UsageError, match="--coco and --coco-images go together"):
         evaluate(config, EvalRequest(coco=Path("a.json")))
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgepose.config import Config
-from edgepose.errors import EXIT_UNAVAILABLE, EdgeposeError
+from edgepose.errors import EXIT_UNAVAILABLE, EdgeposeError, UsageError
 from edgepose.evaluation.clips import ClipFrame, ClipSpec, LabelledImage, build_clip, standard_clips
 from edgepose.evaluation.datasets import (
     DatasetError,
@@ -67,20 +67,21 @@ class EvalRequest:
     compare: bool = False
 
     def check(self) -> None:
+        # What was asked for does not fit together: a bad command line (64), not bad data (65).
         if self.video is not None and self.images:
-            raise DatasetError("--video takes its labels from --truth: give images or a video, not both")
+            raise UsageError("--video takes its labels from --truth: give images or a video, not both")
         if self.video is not None and self.truth_csv is None:
-            raise DatasetError("--video needs --truth CSV with one row per frame")
+            raise UsageError("--video needs --truth CSV with one row per frame")
         if self.images and self.truth_csv is None:
-            raise DatasetError("images need --truth CSV (one row per image, in order)")
+            raise UsageError("images need --truth CSV (one row per image, in order)")
         if self.clips != "none" and not self.images:
-            raise DatasetError("--clips builds clips from labelled stills: give --truth CSV and its images")
+            raise UsageError("--clips builds clips from labelled stills: give --truth CSV and its images")
         if (self.coco is None) != (self.coco_images is None):
-            raise DatasetError("--coco and --coco-images go together")
+            raise UsageError("--coco and --coco-images go together")
         if self.video is None and not self.images and self.coco is None:
-            raise DatasetError("nothing to evaluate: give --truth CSV with images or --video, or --coco")
+            raise UsageError("nothing to evaluate: give --truth CSV with images or --video, or --coco")
         if self.video_fps <= 0:
-            raise DatasetError(f"--fps {self.video_fps}: must be positive")
+            raise UsageError(f"--fps {self.video_fps}: must be positive")
 
 
 @dataclass(frozen=True)
