@@ -85,6 +85,7 @@ def test_make_run_without_mosquitto_uses_the_embedded_broker(bare: None, model_d
     env = dict(os.environ)
     env.update(
         MQTT_PORT=str(port),
+        WEB_LISTEN=f"127.0.0.1:{free_port()}",  # 8080 may be another daemon's
         EDGEPOSE=str(Path(sys.executable).parent / "edgepose"),
         EDGEPOSE_PYTHON=sys.executable,
         EDGEPOSE_MODEL_DIR=str(model_dir),
