@@ -105,7 +105,12 @@ def test_shared_group_splits_the_stream_between_two_consumers(
         broker, tmp_path / "sim.json", "--devices", "6", "--fps", "10", "--duration", "2", "--format", "compact"
     )
     assert set(sim) >= {"devices", "fps", "sent", "duration_s", "send_lag_ms"}
-    assert sim["devices"] == 6 and sim["fps"] == 10 and sim["sent"] == 120 and sim["format"] == "compact"
+    assert sim["devices"] == 6 and sim["fps"] == 10 and sim["planned"] == 120 and sim["format"] == "compact"
+    # A starved simulator skips the frames it is more than one interval late for, as a camera would;
+    # every planned frame is either sent or counted as skipped (a skip near the end may count frames past it),
+    # and the split below is judged on what was sent.
+    assert sim["sent"] <= 120 <= sim["sent"] + sim["skipped_late"] and sim["dropped"] == 0
+    assert sim["sent"] >= 60, sim
     assert sim["mean_size_bytes"] <= 300
 
     shares = [m.report() for m in members]

@@ -229,6 +229,7 @@ def test_health_payload_carries_every_field_of_the_report() -> None:
         counters=counters,
         mqtt=mqtt,
         system=system,
+        pose_score=0.61234,
     )
     payload = json.loads(encode(health_payload(report)))
     jsonschema.validate(payload, load_schema("health"))
@@ -253,6 +254,7 @@ def test_health_payload_carries_every_field_of_the_report() -> None:
         "counters": counters,
         "mqtt": mqtt,
         "system": system,
+        "pose_score": 0.612,
     }
 
 
