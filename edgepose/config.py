@@ -725,11 +725,17 @@ def _load_config(path: Path | None, overrides: Sequence[str]) -> tuple[Config, P
                 if allowed:
                     message += f" (allowed{' in ' + parent if parent else ''}: {', '.join(allowed)})"
             origin = next((override_keys[k] for k in override_keys if dotted == k or dotted.startswith(k + ".")), None)
+            # A check across a section's keys (web.listen without a password) fails on the section:
+            # a --set inside it is the likelier cause, and the file's line alone would mislead.
+            inside = next((override_keys[k] for k in override_keys if dotted and k.startswith(dotted + ".")), None)
+            where = lines.line_of(loc) if path is not None else None
+            place = f"{label}:{where if where is not None else 0}"
             if origin is not None:
                 problems.append(f"--set {origin}: {dotted}: {message}")
+            elif inside is not None:
+                problems.append(f"--set {inside} (with {place}): {dotted}: {message}")
             else:
-                where = lines.line_of(loc) if path is not None else None
-                problems.append(f"{label}:{where if where is not None else 0}: {dotted}: {message}")
+                problems.append(f"{place}: {dotted}: {message}")
         raise ConfigError(problems) from None
     return config, path
 
