@@ -62,6 +62,7 @@ INVOKED_QUEUE_DEPTH = 8
 JOIN_TIMEOUT_S = 1.5
 SUPERVISE_TICK_S = 0.1
 STATUS_PERIOD_S = 2.0
+FINAL_FLUSH_S = 1.0  # at most this long for queued messages before the final health
 HEALTH_EXPIRY_MIN_S = 30.0
 
 
@@ -360,6 +361,12 @@ class Daemon:
     def _shutdown(self) -> int:
         self.run_state.state = DaemonState.STOPPING
         self.notifier.stopping()
+        # frames_published counts deliveries paho reports on its own thread: let the last keypoints
+        # (queued behind presence, events and state) go out first, so the final health counts them.
+        publisher = self.bundle.publisher
+        deadline_s = time.monotonic() + FINAL_FLUSH_S
+        while publisher.stats.connected and publisher.queued() and time.monotonic() < deadline_s:
+            time.sleep(0.01)
         self._publish_health()
         self.bundle.close()  # the publisher sends `offline` and disconnects, then source and model close
         c = self.stats.counters

@@ -389,14 +389,19 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
         replies = [json.loads(p) for p in replies_collector.on("fuzz/set/result")]
         assert replies and all(r["ok"] is False for r in replies)
         assert any(r["error"].startswith("rate limited:") for r in replies)
-        # Still answering, and still obeying, after the flood (the rate limit refills).
-        time.sleep(1.0)
+        # Still answering, and still obeying, after the flood: a controller told "rate limited"
+        # tries again a second later, as the reply invites; the bucket refills.
         count = len(replies)
         controller = Sender(broker)
-        controller.send("edgepose/fuzz/set", b'{"publish": {"max_fps": 5}}')
+        obeyed = False
+        for _ in range(10):
+            controller.send("edgepose/fuzz/set", b'{"publish": {"max_fps": 5}}')
+            time.sleep(1.0)
+            if {"ok": True} in [json.loads(p) for p in replies_collector.on("fuzz/set/result")[count:]]:
+                obeyed = True
+                break
         controller.close()
-        last = replies_collector.wait_for("fuzz/set/result", count + 1, timeout_s=10)
-        assert json.loads(last[-1]) == {"ok": True}
+        assert obeyed, "no {'ok': true} for a valid command within 10 s after the flood"
         rss_after = _rss_mb(process.pid)
     finally:
         stderr = _stop(process)
