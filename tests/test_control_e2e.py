@@ -86,7 +86,7 @@ def _json(collector: Collector, suffix: str) -> list[dict[str, Any]]:
 
 
 def _wait_json(
-    collector: Collector, suffix: str, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 20
+    collector: Collector, suffix: str, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ def test_presence_and_events_follow_a_person_who_appears_and_leaves(
         left = _wait_json(collector, "room/events", lambda e: e["event"] == "person_left")
         # Not before leave_s without a pose; not much after (the reload itself takes a moment).
         assert left["timestamp"] - gone["since"] >= 1.5
-        assert left["timestamp"] - swapped_s < 10
+        assert left["timestamp"] - swapped_s < 30  # a sanity bound: reloads are slow on a loaded machine
         assert gone["people"] == 0 and left["present_s"] >= 0
 
         _write_config(config, broker, "room", f"images:{scenes['people']}", presence=presence)
