@@ -216,7 +216,9 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
 ) -> None:
     """The ghost `online`: the broker saves the retained `online`, crashes, the daemon dies while
     it is down, the broker comes back with what it saved. MQTT 5 expiry ends it in time."""
-    expiry_s = 6.0
+    # Long enough that a broker restart on a loaded machine (seconds) does not outlast the `online`
+    # the test needs to see come back; the last refresh was at most expiry_s / 3 before the crash.
+    expiry_s = 10.0
     workdir = tmp_path / "broker"
     broker = ConfiguredBroker(
         workdir, f"allow_anonymous true\npersistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
@@ -231,7 +233,13 @@ def test_online_does_not_outlive_the_daemon_across_a_broker_crash(
         assert watcher.on("/status")[-1][1] == b"online"
     finally:
         watcher.close()
-    time.sleep(1.5)  # the broker's autosave has written the retained `online`
+    # The broker's autosave has written the retained `online` (a fixed 1.5 s was not always enough
+    # under load: the restarted broker then had nothing to bring back).
+    seen_online_s = time.time()
+    database = workdir / "mosquitto.db"
+    assert wait_until(lambda: database.exists() and database.stat().st_mtime > seen_online_s + 0.1, 30), (
+        "the broker did not autosave"
+    )
     broker.crash()
     daemon.kill()
     daemon.wait(10)
