@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgepose.localbroker import LocalBroker, broker_description, free_port, mosquitto_binary
 from tests.conftest import REPO
+from tests.rundemo import run_demo
 
 
 def _path_without_mosquitto() -> str:
@@ -82,46 +80,15 @@ def test_without_mosquitto_the_tests_broker_is_the_embedded_one(bare: None, tmp_
 def test_make_run_without_mosquitto_uses_the_embedded_broker(bare: None, model_dir: Path) -> None:
     """scripts/run_demo.sh as `make run` calls it, on a PATH without mosquitto: keypoints arrive."""
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        MQTT_PORT=str(port),
-        WEB_LISTEN=f"127.0.0.1:{free_port()}",  # 8080 may be another daemon's
-        EDGEPOSE=str(Path(sys.executable).parent / "edgepose"),
-        EDGEPOSE_PYTHON=sys.executable,
-        EDGEPOSE_MODEL_DIR=str(model_dir),
-    )
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    process = subprocess.Popen(
-        ["bash", "scripts/run_demo.sh"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C goes to the terminal's whole process group: do the same
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    try:
-        assert _wait(lambda: any("started the embedded MQTT broker" in line for line in lines), 30), "".join(lines)
+    with run_demo(model_dir, port, free_port()) as demo:
+        assert _wait(lambda: any("started the embedded MQTT broker" in line for line in demo.lines), 30), demo.output
         subscriber, received, _ = _connect(port)
         subscriber.subscribe("edgepose/+/keypoints", qos=0)
-        assert _wait(lambda: len(received) >= 5, 90), "no keypoints through the embedded broker:\n" + "".join(lines)
+        assert _wait(lambda: len(received) >= 5, 90), "no keypoints through the embedded broker:\n" + demo.output
         subscriber.disconnect()
         subscriber.loop_stop()
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-    reader.join(5)
-    output = "".join(lines)
-    assert process.returncode == 0, output
-    assert "Traceback" not in output
+    assert demo.process.returncode == 0, demo.output
+    assert "Traceback" not in demo.output
     assert _wait(lambda: _closed(port), 10), "the embedded broker outlived make run"
 
 
