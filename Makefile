@@ -107,9 +107,12 @@ bench-payloads: $(STAMP)
 
 # A 3-node RabbitMQ cluster (MQTT plugin) on loopback: what it gives edgepose (retained status and
 # Last Will across nodes, QoS 1, shared subscriptions, MQTT 5), then the fleet spread over its nodes
-# (docs/fleet.md). Opt-in: needs `apt install rabbitmq-server` and about 5 minutes.
+# (docs/fleet.md). Opt-in: about 5 minutes; installs Debian's rabbitmq-server first if it is missing
+# (needs root, as CI has; otherwise `sudo apt install rabbitmq-server` once).
 CLUSTER_OUT ?= bench/results/cluster-latest
 test-cluster: $(STAMP)
+	@test -x /usr/sbin/rabbitmq-server || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rabbitmq-server; }
 	$(BIN)/python bench/cluster.py --json $(CLUSTER_OUT).json --markdown $(CLUSTER_OUT).md --label "$(FLEET_LABEL)"
 
 # Opt-in: the Home Assistant discovery payloads through Home Assistant's own schemas and template
