@@ -331,8 +331,10 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
     """10,000 bad payloads: no crash, no traceback, inference at the same rate, memory flat."""
     config = tmp_path / "edgepose.yaml"
     _write_config(config, broker, "fuzz", "synthetic:10")
-    # Not subscribed to .../set: this test process has the fuzzer's own work to do on two cores.
-    collector = subscribe(broker, "edgepose/fuzz/+")
+    # Health only, not .../set (which `edgepose/fuzz/+` would match): this test process has the fuzzer's
+    # own work to do on two cores, and a collector swamped by 49 MB of payloads could reconnect and be
+    # handed the retained health again.
+    collector = subscribe(broker, "edgepose/fuzz/health")
     replies_collector = subscribe(broker, "edgepose/fuzz/set/result")
     process = _start(config, model_dir)
     payloads = []
@@ -344,10 +346,19 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
     payloads = payloads[:10_000]
     assert len(payloads) == 10_000 and sum(len(p) >= 1 << 20 for p in payloads) >= 10
 
+    last_uptime_s = [-1.0]
+
     def inferred() -> tuple[float, int]:
-        """(daemon uptime, frames inferred) from a fresh health message."""
-        count = len(collector.on("fuzz/health"))
-        latest = json.loads(collector.wait_for("fuzz/health", count + 1, timeout_s=15)[-1])
+        """(daemon uptime, frames inferred) from a health message newer than the last one read (a
+        retained copy handed out again carries the same uptime)."""
+        deadline_s = time.monotonic() + 15
+        while True:
+            count = len(collector.on("fuzz/health"))
+            latest = json.loads(collector.wait_for("fuzz/health", count + 1, timeout_s=15)[-1])
+            if float(latest["uptime_s"]) > last_uptime_s[0]:
+                break
+            assert time.monotonic() < deadline_s, "no health newer than the last one within 15 s"
+        last_uptime_s[0] = float(latest["uptime_s"])
         return float(latest["uptime_s"]), int(latest["counters"]["frames_inferred"])
 
     try:
