@@ -41,7 +41,10 @@ def run_video(stage: PoseStage, frames: Iterable[TimedImage], pipelined: bool = 
     tensors = [stage.new_input(), stage.new_input()]
     pending: tuple[Prepared, list[np.ndarray], float] | None = None
     for index, timed in enumerate(frames):
-        frame = Frame(timed.image, timed.timestamp_s, timed.timestamp_s, index)
+        # Pipelined frames are a recording's (media time set): the stage then crops each from the
+        # same earlier frame the daemon does for a video file, whatever the threads' timing.
+        media_time_s = timed.timestamp_s if pipelined else None
+        frame = Frame(timed.image, timed.timestamp_s, timed.timestamp_s, index, media_time_s=media_time_s)
         if not pipelined and pending is not None:
             yield stage.finish(*pending)
             pending = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -163,7 +164,7 @@ class _StageBase:
         frame = prepared.frame
         smoother = self._smoother
         if smoother is not None:
-            keypoints[:, :2] = smoother.update(keypoints[:, :2], frame.timestamp_s, frame.height_px, frame.width_px)
+            keypoints[:, :2] = smoother.update(keypoints[:, :2], frame.scene_time_s, frame.height_px, frame.width_px)
         pose = keypoints_to_pose(keypoints)
         timings = StageTimings(prepared.preprocess_ms, invoke_ms, (time.perf_counter() - started_s) * 1e3)
         poses = (pose,) if pose.score >= self.score_threshold else ()
@@ -211,6 +212,74 @@ def _one_euro(config: ModelConfig) -> OneEuroParams:
     )
 
 
+# A recording's frame N is cropped from frame N-2's keypoints: the pipeline prepares frame N while
+# N-1 is in the interpreter, so N-2 is the newest frame that is always finished by then.
+RECORDING_CROP_LAG_FRAMES = 2
+# How long a recording's frame waits for the frame its crop comes from (normally a fraction of a
+# millisecond: that frame's finish runs alongside). Past this, a frame that failed or was dropped
+# is given up on and the newest box is used.
+RECORDING_CROP_WAIT_S = 0.5
+
+
+class SharedCrop:
+    """The crop tracker shared by prepare() and invoke() (readers) and finish() (the writer), which
+    run on different threads.
+
+    Live frames take the newest box. A recording's frames (`Frame.media_time_s` set) take the box
+    made from a fixed earlier frame, waiting for it if its finish is still running: which box a frame
+    gets never depends on thread timing, so a video gives the same keypoints on any machine and
+    under any load, the same as `edgepose eval`'s replay of the pipeline's order.
+    """
+
+    def __init__(self, tracker: CropRegionTracker) -> None:
+        self.tracker = tracker
+        self._changed = threading.Condition()
+        # (frame index, frame size, box for the frames after it) for the last few finished frames.
+        self._boxes_after: deque[tuple[int, tuple[int, int], CropBox]] = deque(maxlen=8)
+
+    def box_for(self, frame: Frame) -> CropBox:
+        """The box to prepare `frame` with."""
+        with self._changed:
+            if frame.media_time_s is not None:
+                if frame.index < RECORDING_CROP_LAG_FRAMES:
+                    return letterbox_box(frame.height_px, frame.width_px)
+                box = self._wait_for_box_after(frame.index - RECORDING_CROP_LAG_FRAMES, frame)
+                if box is not None:
+                    return box
+            return self.tracker.box_for_frame(frame.height_px, frame.width_px)
+
+    def newest_box(self, frame: Frame) -> CropBox | None:
+        """The box made from the frame just before `frame` (for a recording) or the newest one, if any."""
+        with self._changed:
+            if frame.media_time_s is not None and frame.index >= 1:
+                box = self._wait_for_box_after(frame.index - 1, frame)
+                if box is not None:
+                    return box
+            same_size = self.tracker.frame_size_px == (frame.height_px, frame.width_px)
+            return self.tracker.box if same_size else None
+
+    def update(self, keypoints: np.ndarray, frame: Frame) -> None:
+        """Follow the person from a finished frame's keypoints (frames in order, one thread)."""
+        with self._changed:
+            self.tracker.next_box(keypoints, frame.height_px, frame.width_px)
+            box = self.tracker.box_for_frame(frame.height_px, frame.width_px)
+            self._boxes_after.append((frame.index, (frame.height_px, frame.width_px), box))
+            self._changed.notify_all()
+
+    def _wait_for_box_after(self, index: int, frame: Frame) -> CropBox | None:
+        size = (frame.height_px, frame.width_px)
+
+        def box_after() -> CropBox | None:
+            # Newest first: a source reopened by a reload counts its frames from 0 again.
+            for seen_index, seen_size, box in reversed(self._boxes_after):
+                if seen_index == index and seen_size == size:
+                    return box
+            return None
+
+        # wait_for returns the predicate's last value: the box, or None once the wait timed out.
+        return self._changed.wait_for(box_after, RECORDING_CROP_WAIT_S)
+
+
 class SinglePoseStage(_StageBase):
     """MoveNet single-pose. Video: the crop follows the person and keypoints are one-euro smoothed.
     Stills: every frame stands alone, refined by re-running on the crop it finds.
@@ -237,10 +306,8 @@ class SinglePoseStage(_StageBase):
         self.score_threshold = score_threshold
         self.mode = mode
         self.smart_crop = smart_crop
-        # prepare() reads the crop and finish() updates it, on different threads.
-        self._crop_lock = threading.Lock()
         tracker = CropRegionTracker(stable_ratios=STABLE_RATIOS if tight_crop else None)
-        self._crop = tracker if smart_crop and mode == "video" else None
+        self._crop = SharedCrop(tracker) if smart_crop and mode == "video" else None
         self._smoother = KeypointSmoother(smoothing) if smoothing is not None and mode == "video" else None
         self.second_pass = second_pass
         self.second_passes = 0  # how many frames needed one (read by eval and tests)
@@ -265,8 +332,7 @@ class SinglePoseStage(_StageBase):
         if box is None:
             # This frame alone does not show the torso, but a frame finished since this one was
             # prepared may have started a track (the pipeline prepares one frame ahead).
-            with self._crop_lock:
-                tracked = self._crop.box if self._crop.frame_size_px == (frame.height_px, frame.width_px) else None
+            tracked = self._crop.newest_box(frame)
             if tracked is not None and box_side_ratio(prepared.box, tracked) > SECOND_PASS_WIDE_RATIO:
                 box = tracked
         if box is None:
@@ -286,8 +352,7 @@ class SinglePoseStage(_StageBase):
         start = time.perf_counter()
         requested = None
         if self._crop is not None:
-            with self._crop_lock:
-                requested = self._crop.box_for_frame(frame.height_px, frame.width_px)
+            requested = self._crop.box_for(frame)
         box = self.estimator.prepare_into(frame.image, requested, tensor, frame.scaled)
         return Prepared(frame, box, tensor, (time.perf_counter() - start) * 1e3)
 
@@ -296,8 +361,7 @@ class SinglePoseStage(_StageBase):
         frame = prepared.frame
         keypoints = decode_singlepose(outputs[0], prepared.box)
         if self._crop is not None:
-            with self._crop_lock:
-                self._crop.next_box(keypoints, frame.height_px, frame.width_px)
+            self._crop.update(keypoints, frame)
         return self._single_pose_result(prepared, keypoints, invoke_ms, start)
 
     def process(self, frame: Frame) -> InferenceResult:
@@ -359,14 +423,14 @@ class MultiPoseStage(_StageBase):
         keypoints = detections.keypoints
         ids: list[int] | None = None
         if self._tracker is not None:
-            tracked = self._tracker.update(keypoints, frame.timestamp_s, detections.boxes, detections.scores)
+            tracked = self._tracker.update(keypoints, frame.scene_time_s, detections.boxes, detections.scores)
             ids = [int(i) for i in tracked]
         smoothed = False
         smoother = self._smoother
         if smoother is not None and ids:
             keypoints = keypoints.copy()
             keypoints[..., :2] = smoother.update(
-                keypoints[..., :2], frame.timestamp_s, frame.height_px, frame.width_px, track_ids=ids
+                keypoints[..., :2], frame.scene_time_s, frame.height_px, frame.width_px, track_ids=ids
             )
             smoothed = True
         poses = []

@@ -24,6 +24,15 @@ class Frame:
     # The whole frame already scaled to the model's letterbox content size (RGB uint8), when the
     # camera's ISP can do it for free (picamera2's lores stream); None from other sources.
     scaled: np.ndarray | None = None
+    # Where the frame sits on a recording's own timeline (a video file's presentation time), or None
+    # for a live source. Smoothing and tracking run on this clock, so a video gives the same keypoints
+    # on a fast machine, a loaded one, and a Pi, however far ahead the file was read.
+    media_time_s: float | None = None
+
+    @property
+    def scene_time_s(self) -> float:
+        """The clock the scene moves on: media time for a recording, monotonic capture time when live."""
+        return self.monotonic_s if self.media_time_s is None else self.media_time_s
 
     @property
     def height_px(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from edgepose.errors import InputFileError, SourceError
 from edgepose.sources.base import Delivery, Frame, now_stamps
 
 log = logging.getLogger(__name__)
+
+# The rate assumed for a video whose container does not say (frames per second).
+DEFAULT_FILE_FPS = 30.0
 
 
 class VideoFileSource:
@@ -25,6 +29,7 @@ class VideoFileSource:
         self.loop = loop
         self._capture: Any = None
         self._index = 0
+        self._frame_period_s = 1.0 / DEFAULT_FILE_FPS
 
     frames_skipped = 0
 
@@ -40,6 +45,13 @@ class VideoFileSource:
             raise InputFileError(f"camera.source: OpenCV cannot open video {self.path} (unsupported codec?)")
         self._capture = capture
         self._index = 0
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        # A container without a usable rate (some MJPEG/raw streams report 0 or nan) is timed at 30 fps:
+        # the rate only sets the smoothing clock, never a pace.
+        usable = math.isfinite(fps) and 0.0 < fps <= 1000.0
+        if not usable:
+            log.debug("%s reports %r fps; timing its frames at %g fps", self.description, fps, DEFAULT_FILE_FPS)
+        self._frame_period_s = 1.0 / (fps if usable else DEFAULT_FILE_FPS)
 
     def read(self) -> Frame | None:
         if self._capture is None:
@@ -51,7 +63,10 @@ class VideoFileSource:
         if not ok:
             return None
         wall, mono = now_stamps()
-        frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), wall, mono, self._index)
+        # Media time counts on across loops: the loop back to the first frame is a scene cut one frame
+        # period later, never a step back in time.
+        media_time_s = self._index * self._frame_period_s
+        frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), wall, mono, self._index, media_time_s=media_time_s)
         self._index += 1
         return frame
 
