@@ -718,6 +718,9 @@ def _load_config(path: Path | None, overrides: Sequence[str]) -> tuple[Config, P
             loc = tuple(error["loc"])
             dotted = _dotted(loc)
             message = error["msg"]
+            if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+                # Our own validators' words, without pydantic's "Value error, " in front.
+                message = str(error["ctx"]["error"])
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
                 parent = _dotted(loc[:-1]) if len(loc) > 1 else None

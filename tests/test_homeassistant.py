@@ -239,8 +239,8 @@ def test_against_real_home_assistant() -> None:
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("homeassistant.prefix=home/#", "homeassistant.prefix: Value error, must not contain + or #"),
-        ("homeassistant.prefix=/ha", "homeassistant.prefix: Value error, must not contain + or #"),
+        ("homeassistant.prefix=home/#", "homeassistant.prefix: must not contain + or #"),
+        ("homeassistant.prefix=/ha", "homeassistant.prefix: must not contain + or #"),
         ("presence.enter_frames=0", "presence.enter_frames: Input should be greater than or equal to 1"),
         ("presence.leave_s=0", "presence.leave_s: Input should be greater than 0"),
         ("events.fall.down_s=-1", "events.fall.down_s: Input should be greater than 0"),
