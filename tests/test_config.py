@@ -72,9 +72,7 @@ def test_top_level_must_be_mapping(tmp_path: Path) -> None:
 
 
 def test_unknown_source_rejected(tmp_path: Path) -> None:
-    assert (
-        "camera.source: unknown source 'webcam'" in _problems(tmp_path, "camera:\n  source: webcam\n")[0]
-    )
+    assert "camera.source: unknown source 'webcam'" in _problems(tmp_path, "camera:\n  source: webcam\n")[0]
 
 
 def test_overrides_are_typed_and_validated() -> None:
