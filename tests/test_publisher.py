@@ -450,3 +450,71 @@ def test_stopped_publisher_connects_again_on_start(broker: Broker, subscribe: An
     assert wait_until(lambda: publisher.queued() == 0, 10)
     publisher.stop()
     assert collector.wait_for("again/status", 4, timeout_s=5) == [b"online", b"offline", b"online", b"offline"]
+
+
+# -- threading model: the publishing thread writes, nobody is woken per message ---------------------
+
+
+def _voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_qos0_is_written_by_the_publishing_thread_without_waking_the_network_thread(
+    broker: Broker, publishers: Any
+) -> None:
+    publisher = publishers(broker.host, broker.port, client_id="edgepose-inline")
+    assert wait_until(lambda: publisher.stats.connected, 10)
+    (network,) = [t for t in threading.enumerate() if t.name == "edgepose-mqtt-edgepose-inline"]
+    assert network.native_id is not None
+    time.sleep(0.2)  # let the connect's acknowledgements settle
+    outcomes: list[tuple[bool, int]] = []
+    switches_before = _voluntary_switches(network.native_id)
+    started = time.monotonic()
+    for _ in range(300):
+        publisher.publish(
+            "edgepose/inline/keypoints", b"k" * 1300, qos=0, expiry_s=30,
+            on_delivery=lambda ok: outcomes.append((ok, threading.get_ident())),
+        )  # fmt: skip
+        # Written when publish() returns, by this thread: on the socket, and counted.
+        assert outcomes[-1] == (True, threading.get_ident())
+        time.sleep(0.001)
+    woken = _voluntary_switches(network.native_id) - switches_before
+    # The network thread only wakes for its 1 s select() timeout (keepalive) or the broker's packets.
+    assert woken <= 2 + 2 * (time.monotonic() - started), woken
+    assert publisher.stats.delivered >= 300 and publisher.stats.lost == 0
+    publisher.stop()
+    assert not network.is_alive()
+
+
+def test_threads_publishing_at_once_never_interleave_packets(broker: Broker, publishers: Any) -> None:
+    """Large messages fill the socket buffer, so the network thread finishes writes while other
+    threads keep publishing: every message must still arrive whole and in each thread's order."""
+    subscriber = Subscriber(broker.port, "edgepose/many/#")
+    publisher = publishers(broker.host, broker.port, client_id="edgepose-many")
+    assert wait_until(lambda: publisher.stats.connected, 10)
+    outcomes: list[bool] = []
+    per_thread = 80
+
+    def flood(sender: int) -> None:
+        for i in range(per_thread):
+            filler = (b"%d" % sender) * (150_000 if i % 2 == 0 else 20)
+            publisher.publish(f"edgepose/many/{sender}", b"%d:%d:" % (sender, i) + filler, 0, on_delivery=outcomes.append)
+
+    threads = [threading.Thread(target=flood, args=(sender,)) for sender in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert wait_until(lambda: len(subscriber.messages) >= 6 * per_thread, 20), len(subscriber.messages)
+        for sender in range(6):
+            payloads = [m[1] for m in subscriber.on(f"many/{sender}")]
+            assert [int(p.split(b":")[1]) for p in payloads] == list(range(per_thread))
+            for payload in payloads:
+                filler = payload.split(b":", 2)[2]
+                assert filler == (b"%d" % sender) * len(filler) and len(filler) in (150_000, 20)
+        assert wait_until(lambda: len(outcomes) == 6 * per_thread, 5) and all(outcomes)
+    finally:
+        subscriber.close()

@@ -1,7 +1,9 @@
 """The paho-mqtt 2 adapter: connection lifecycle, reasons for failures, honest delivery accounting.
 
-paho's network thread (loop_start) does all socket work, so `publish()` never blocks the pipeline.
-Everything here goes through paho's public API and callbacks:
+`publish()` writes a QoS 0 message to the socket in the calling thread, without waking another
+thread; a thread of ours (edgepose.mqtt.netloop, paho's external-loop API) reads, keeps the
+connection alive and reconnects. `publish()` still never blocks the pipeline: it never waits for
+that thread, a connect or the broker. Everything here goes through paho's public API and callbacks:
 
 * Reconnect timing is ours: paho's own wait cannot be jittered and sleeps in 1 s steps, so paho's
   delay is set to 0 and `on_pre_connect` (called before every attempt, in paho's thread, while
@@ -35,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgepose.config import MqttConfig
+from edgepose.mqtt.netloop import NetworkLoop
 from edgepose.mqtt.reconnect import (
     BOUNCE_WINDOW_S,
     BOUNCES_FOR_TAKEOVER,
@@ -81,6 +84,24 @@ class _Pending:
     on_delivery: DeliveryCallback | None
 
 
+class PackedOnce(Properties):
+    """PUBLISH properties that never change, packed once: `Properties.pack()` walks every property
+    name MQTT 5 defines (about 5 µs), and paho packs the properties of every message it sends."""
+
+    _packed: bytes
+
+    @classmethod
+    def publish_with_expiry(cls, expiry_s: int) -> PackedOnce:
+        properties = cls(PacketTypes.PUBLISH)
+        properties.MessageExpiryInterval = expiry_s
+        # Properties.__setattr__ accepts only MQTT property names: store the bytes past it.
+        object.__setattr__(properties, "_packed", bytes(Properties.pack(properties)))  # type: ignore[no-untyped-call]
+        return properties
+
+    def pack(self) -> bytes:
+        return self._packed
+
+
 class MqttPublisher:
     def __init__(self, config: MqttConfig, topics: Topics, client_id: str, password: str | None) -> None:
         self.config = config
@@ -106,7 +127,9 @@ class MqttPublisher:
         self._dropped_at_monotonic_s: float | None = None  # a working connection closed by the broker
         self._bounces: deque[float] = deque(maxlen=BOUNCES_FOR_TAKEOVER)
         self._status_sent_monotonic_s: float | None = None
-        self._retired: list[mqtt.Client] = []
+        self._properties_by_expiry_s: dict[int, Properties] = {}
+        self._loop: NetworkLoop | None = None  # serves self._client once started
+        self._retired: list[tuple[mqtt.Client, NetworkLoop]] = []  # clients left behind by the 3.1.1 fallback
         # topic filter -> (qos, the handler that owns it), and paho's per-topic callback for it
         self._subscriptions: dict[str, tuple[int, Callable[[str, bytes], None]]] = {}
         self._deliverers: dict[str, Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]] = {}
@@ -208,7 +231,8 @@ class MqttPublisher:
             )
         else:
             client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
-        client.loop_start()
+        self._loop = NetworkLoop(client, thread_name=f"edgepose-mqtt-{self.client_id}")
+        self._loop.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Publish `offline` (if connected), flush, disconnect. Bounded by timeout_s plus, at worst,
@@ -222,10 +246,12 @@ class MqttPublisher:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (ValueError, RuntimeError) as exc:
                 log.warning("MQTT: could not publish offline before shutdown: %s", exc)
-        client.disconnect()
-        client.loop_stop()
-        for old in self._retired:
-            old.loop_stop()
+        loop = self._loop
+        if loop is not None:
+            loop.disconnect()
+            loop.stop()
+        for old, old_loop in self._retired:
+            old_loop.stop()
             old.reinitialise()
         self._retired.clear()
         with self._lock:
@@ -236,8 +262,8 @@ class MqttPublisher:
             self._finish(False, entry.on_delivery)
         if unacknowledged:
             log.warning("MQTT: %d messages were not acknowledged by the broker before shutdown", len(unacknowledged))
-        # paho closes its wake-up socket pair only when the client is garbage-collected; a stopped
-        # publisher is never started again, so release them now (reinitialise is public and opens nothing).
+        # A stopped client is never started again (start() makes a new one): release its socket now
+        # rather than when it is garbage-collected (reinitialise is public and opens nothing).
         client.reinitialise()
 
     # -- publishing -----------------------------------------------------------------------------
@@ -260,10 +286,7 @@ class MqttPublisher:
         acknowledged the message (QoS >= 1) or it was written to the socket (QoS 0), False when
         it was dropped.
         """
-        properties = None
-        if expiry_s is not None and self.v5:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        properties = self._expiry_properties(expiry_s) if expiry_s is not None and self.v5 else None
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         queued_for_later = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued_for_later:
@@ -276,6 +299,16 @@ class MqttPublisher:
                 return True
         self._finish(early, on_delivery)
         return True
+
+    def _expiry_properties(self, expiry_s: float) -> Properties:
+        """The PUBLISH properties for an expiry, made and packed once per value: paho only reads
+        them, and building and packing a Properties costs more than the rest of a QoS 0 publish()."""
+        seconds = max(1, math.ceil(expiry_s))
+        properties = self._properties_by_expiry_s.get(seconds)
+        if properties is None:
+            properties = PackedOnce.publish_with_expiry(seconds)
+            self._properties_by_expiry_s[seconds] = properties
+        return properties
 
     def publish_retained_state(self, topic: str, payload: bytes, qos: int, expiry_s: float | None = None) -> bool:
         """A retained state message (health). Not queued while disconnected: the daemon sends a
@@ -511,10 +544,12 @@ class MqttPublisher:
             self._early.clear()
         for entry in stranded:
             self._finish(False, entry.on_delivery)
+        old_loop = self._loop
         self._client = self._make_client()
-        self._retired.append(old)
         self._attempts = 0
         self._attempt_started_monotonic_s = None
-        old.disconnect()  # ends the old client's loop once this callback returns
+        if old_loop is not None:
+            self._retired.append((old, old_loop))
+            old_loop.disconnect()  # its thread ends once the socket is closed
         if not self._stopping.is_set():
             self._connect_async(self._client)
