@@ -500,7 +500,8 @@ def test_threads_publishing_at_once_never_interleave_packets(broker: Broker, pub
     def flood(sender: int) -> None:
         for i in range(per_thread):
             filler = (b"%d" % sender) * (150_000 if i % 2 == 0 else 20)
-            publisher.publish(f"edgepose/many/{sender}", b"%d:%d:" % (sender, i) + filler, 0, on_delivery=outcomes.append)
+            payload = b"%d:%d:" % (sender, i) + filler
+            publisher.publish(f"edgepose/many/{sender}", payload, 0, on_delivery=outcomes.append)
 
     threads = [threading.Thread(target=flood, args=(sender,)) for sender in range(6)]
     for thread in threads:

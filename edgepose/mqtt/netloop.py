@@ -7,7 +7,7 @@ per frame on a 2-core x86_64, more than everything else the publish thread does 
 
 Here the thread that publishes also writes: paho calls `on_socket_register_write` when it has bytes
 to send, and that callback writes them at once with `loop_write()` (a QoS 0 message is on the
-socket when `publish()` returns). Our thread only waits in `select()` for what the broker sends
+socket when `publish()` returns). Our thread only waits in `poll()` for what the broker sends
 (acknowledgements, subscribed messages, PINGRESP), runs `loop_misc()` (keepalive), connects and
 reconnects. It is woken only when a write could not be finished where it was asked for (the socket
 buffer is full, or another thread is writing), never per message.
@@ -33,7 +33,7 @@ from edgepose.nativethread import set_native_name
 
 log = logging.getLogger(__name__)
 
-# How long the loop sleeps in select() when nothing arrives: keepalive is checked at least this
+# How long the loop sleeps in poll() when nothing arrives: keepalive is checked at least this
 # often (paho's own loop uses the same 1 s).
 IDLE_WAIT_S = 1.0
 # After a callback raised (a bug, logged with its traceback), wait this long before going on, so
@@ -132,17 +132,24 @@ class NetworkLoop:
         sock = client.socket()
         if sock is None:
             return
-        # TLS may hold bytes it has already decrypted: select() cannot see those.
+        # TLS may hold bytes it has already decrypted: poll() cannot see those.
         pending = sock.pending() if hasattr(sock, "pending") else 0
-        wants_write = [sock] if client.want_write() else []
+        # poll, not select: no limit on descriptor numbers in a process that has many open.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([sock, self._wake_r], wants_write, [], 0.0 if pending else IDLE_WAIT_S)
+            poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+            poller.register(self._wake_r, select.POLLIN)
+            events = dict(poller.poll(0 if pending else IDLE_WAIT_S * 1e3))
         except (OSError, ValueError):
-            return  # another thread's write failed and closed the socket: look again
-        if self._wake_r in readable:
+            # Another thread's write failed and closed the socket (paho forgets it first): look again.
+            if client.socket() is sock:
+                self._stop.wait(AFTER_ERROR_WAIT_S)
+            return
+        if self._wake_r.fileno() in events:
             self._drain_wake()
+        readable = events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLERR | select.POLLHUP)
         with self._lock:
-            if sock in readable or pending:
+            if readable or pending:
                 client.loop_read()
             if client.socket() is not None and client.want_write():
                 client.loop_write()
