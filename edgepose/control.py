@@ -93,6 +93,12 @@ class PresenceMonitor:
         self._score_frames = 0
         self.events_published = 0
 
+    def take_over(self, previous: PresenceMonitor) -> None:
+        """Carry who is in the room over from the monitor this one replaces, before it publishes."""
+        with previous._lock, self._lock:
+            self._tracker.take_over(previous._tracker)
+            self._latest = previous._latest
+
     def publish_current(self) -> None:
         """The retained presence as it stands (at start: "nobody confirmed yet")."""
         with self._lock:
@@ -335,7 +341,7 @@ class Control:
     """Presence, commands and discovery on one publisher: a part of the daemon's bundle.
 
     Entering it makes the subscriptions; `tick()` (the daemon's supervisor, every 0.1 s) publishes
-    the retained presence, state and discovery configs after every (re)connect — the publisher
+    the retained presence, state and discovery configs after every (re)connect and first use — the publisher
     does not keep retained messages while disconnected, and a broker without persistence forgets
     them — and lets presence time out without frames. Leaving drops the subscriptions it still owns
     (a reload may have handed them to its replacement already). The publisher goes offline after
@@ -351,10 +357,11 @@ class Control:
         self._published_for_connection: int | None = None
 
     def __enter__(self) -> Control:
+        # Nothing is published here: the first tick() does it, once a reload has carried the
+        # presence over from the part this one replaces (or at start, within a tick of 0.1 s).
         if self.commands is not None:
             self.commands.start()
         self.discovery.start()
-        self.tick()
         return self
 
     def tick(self) -> None:

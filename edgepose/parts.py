@@ -78,6 +78,7 @@ class Host(Protocol):
 
 Builder = Callable[[Config, Mapping[str, object], Host], AbstractContextManager[object]]
 Handover = Callable[[object, Config, Config], AbstractContextManager[None]]
+Carry = Callable[[object, object], None]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class PartSpec:
     handover optional: (old part, old config, new config) -> a context manager around the whole
              reload, for a device only one holder may open (a USB Coral, a camera): it lends the
              device to the replacement and, when the reload fails, gives it back to the old part
+    carry    optional: (old part, new part) -> None, right after the new part is built and before
+             it is swapped in: state the replacement continues rather than starts afresh (who is
+             in the room)
     """
 
     name: str
@@ -98,6 +102,7 @@ class PartSpec:
     needs: tuple[str, ...]
     build: Builder
     handover: Handover | None = None
+    carry: Carry | None = None
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -331,6 +336,11 @@ def _build_control_part(config: Config, parts: Mapping[str, object], host: Host)
     return build_control(config, publisher, host, info)
 
 
+def _carry_presence(old: object, new: object) -> None:
+    assert isinstance(old, Control) and isinstance(new, Control)
+    new.monitor.take_over(old.monitor)
+
+
 def _control_key(config: Config) -> object:
     # Rebuilt (and its subscriptions handed over) when one of these changes, or the publisher does.
     return (
@@ -385,7 +395,7 @@ PARTS: tuple[PartSpec, ...] = (
         build=_build_web_part,
         handover=_lend_web_port,
     ),
-    PartSpec(CONTROL, key=_control_key, needs=(PUBLISHER,), build=_build_control_part),
+    PartSpec(CONTROL, key=_control_key, needs=(PUBLISHER,), build=_build_control_part, carry=_carry_presence),
     # Later parts (a web server, an MQTT command handler) go here; see the module docstring.
 )
 
@@ -464,9 +474,13 @@ class Bundle:
         self.close()
 
 
-def _enter(spec: PartSpec, config: Config, parts: Mapping[str, object], host: Host) -> tuple[object, ExitStack]:
+def _enter(
+    spec: PartSpec, config: Config, parts: Mapping[str, object], host: Host, predecessor: object | None = None
+) -> tuple[object, ExitStack]:
     with ExitStack() as stack:
         value = stack.enter_context(spec.build(config, parts, host))
+        if predecessor is not None and spec.carry is not None:
+            spec.carry(predecessor, value)
         return value, stack.pop_all()
 
 
@@ -519,7 +533,7 @@ def rebuild(old: Bundle, new_config: Config, host: Host) -> Bundle:
                 if spec.handover is not None:
                     handovers.enter_context(spec.handover(old._parts[spec.name], old.config, new_config))
                 try:
-                    parts[spec.name], stacks[spec.name] = _enter(spec, new_config, parts, host)
+                    parts[spec.name], stacks[spec.name] = _enter(spec, new_config, parts, host, old._parts[spec.name])
                 except EdgeposeError as exc:
                     raise ReloadFailed([f"{spec.name}: {exc}"]) from exc
                 except Exception as exc:  # a bug in a part must not take the running daemon down

@@ -60,6 +60,13 @@ class PresenceTracker:
         self._last_seen_monotonic_s = 0.0
         self._last_seen_timestamp_s = start_timestamp_s
 
+    def take_over(self, previous: PresenceTracker) -> None:
+        """Continue from a tracker this one replaces (a reload with new presence settings): who is in
+        the room and since when carry over, so the reload itself is not an arrival or a departure."""
+        self.state = previous.state
+        self._last_seen_monotonic_s = previous._last_seen_monotonic_s
+        self._last_seen_timestamp_s = previous._last_seen_timestamp_s
+
     def observe(self, people: int, timestamp_s: float, monotonic_s: float) -> PresenceUpdate:
         """One inferred frame with `people` poses above the score threshold."""
         if people <= 0:

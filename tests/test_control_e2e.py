@@ -150,6 +150,18 @@ def test_presence_and_events_follow_a_person_who_appears_and_leaves(
         entered = _wait_json(collector, "room/events", lambda e: e["event"] == "person_entered")
         assert entered["people"] == 1 and entered["timestamp"] == here["since"]
 
+        # New presence settings rebuild the presence part: whoever is in the room stays, since when
+        # they came, with no second arrival (the rebuilt part re-publishes the retained presence).
+        published = len(_json(collector, "room/presence"))
+        _write_config(
+            config, broker, "room", f"images:{scenes['people']}", presence="  enter_frames: 3\n  leave_s: 1.6\n"
+        )
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while len(_json(collector, "room/presence")) == published and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _json(collector, "room/presence")[published:][:1] == [here]
+
         _write_config(config, broker, "room", f"images:{scenes['empty']}", presence=presence)
         process.send_signal(signal.SIGHUP)
         swapped_s = time.time()
