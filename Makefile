@@ -82,13 +82,15 @@ test-outages: models
 	EDGEPOSE_OUTAGES=$(CURDIR)/bench/results/outages-latest.json $(BIN)/python -m pytest -q tests/test_reliability.py -k 6_12_20
 
 # The README's "Pose quality" table: every clip of the full set in the daemon's video path, against
-# the stills path on the same frames, smart crop off and smoothing off (several minutes on 2 cores).
+# the stills path on the same frames, smart crop off and smoothing off (several minutes on 2 cores);
+# then the causes bench (what each fix bought) and the limits bench (what the ideas left would buy).
 # The truth CSV comes from the shared test data; the photos are the fetched, checksummed samples.
 POSE_TRUTH ?= $(SHARED_DIR)/testdata/pose/pose_landmark_truth.csv
 pose-quality: models
 	$(BIN)/edgepose eval --truth $(POSE_TRUTH) $(EDGEPOSE_MODEL_DIR)/image1.png $(EDGEPOSE_MODEL_DIR)/image2.jpeg \
 		--clips full --compare --markdown > bench/results/pose-quality.md
 	$(BIN)/python bench/pose_quality_causes.py --json bench/results/pose-quality-causes.json
+	$(BIN)/python bench/pose_quality_limits.py --json bench/results/pose-quality-limits.json
 
 bench-smoke: models
 	$(BIN)/python -m pytest -q -m slow tests/test_bench.py

@@ -252,6 +252,56 @@ def box_side_ratio(a: CropBox, b: CropBox) -> float:
     return float((a.xmax - a.xmin) / (b.xmax - b.xmin))
 
 
+# A pose with a confident hip or shoulder but not both still anchors a second-pass crop when at
+# least this many keypoints are confident: a small person in the letterbox often has confident
+# head, shoulders, knees and ankles while both hips score ~0.05. An empty frame gives no keypoint
+# above MIN_CROP_KEYPOINT_SCORE and uniform noise 4 (bench/pose_quality_limits.py).
+SECOND_PASS_MIN_KEYPOINTS = 6
+
+
+def _confident_crop_target(rows: Rows, frame_height_px: int, frame_width_px: int) -> CropBox | None:
+    """The crop a frame's own pose calls for, from its confident keypoints only.
+
+    Upstream's crop (`_crop_target`) counts the four torso joints whatever their score and centres
+    on both hips even when one is unconfident. That is fine for a tracked person, but a frame run
+    on the letterbox can have a 24 px tall person whose unconfident hips the model placed hundreds
+    of pixels away: upstream's crop then spans the frame and no second pass would run. Here the
+    centre is the confident hips (else the confident keypoints' box) and the reach counts confident
+    joints only; when all four torso joints are confident this is exactly upstream's crop.
+    """
+    confident = [i for i, row in enumerate(rows) if row[2] >= MIN_CROP_KEYPOINT_SCORE]
+    hips = [i for i in (_LEFT_HIP, _RIGHT_HIP) if rows[i][2] > MIN_CROP_KEYPOINT_SCORE]
+    shoulders = [i for i in (_LEFT_SHOULDER, _RIGHT_SHOULDER) if rows[i][2] > MIN_CROP_KEYPOINT_SCORE]
+    if not (hips and shoulders) and not ((hips or shoulders) and len(confident) >= SECOND_PASS_MIN_KEYPOINTS):
+        return None
+    if len(hips) == 2 and all(rows[i][2] > MIN_CROP_KEYPOINT_SCORE for i in _TORSO):
+        return _crop_target(rows, frame_height_px, frame_width_px)
+    if hips:
+        center_y_px = sum(rows[i][0] for i in hips) / len(hips) * frame_height_px
+        center_x_px = sum(rows[i][1] for i in hips) / len(hips) * frame_width_px
+    else:
+        ys = [rows[i][0] for i in confident]
+        xs = [rows[i][1] for i in confident]
+        center_y_px = (min(ys) + max(ys)) / 2 * frame_height_px
+        center_x_px = (min(xs) + max(xs)) / 2 * frame_width_px
+    torso_px = body_px = 0.0
+    for i in confident:
+        reach_px = max(abs(center_y_px - rows[i][0] * frame_height_px), abs(center_x_px - rows[i][1] * frame_width_px))
+        body_px = max(body_px, reach_px)
+        if i in _TORSO_SET:
+            torso_px = max(torso_px, reach_px)
+    half_px = max(torso_px * UPSTREAM_RATIOS.torso, body_px * UPSTREAM_RATIOS.body)
+    half_px = min(half_px, max(center_x_px, frame_width_px - center_x_px, center_y_px, frame_height_px - center_y_px))
+    if half_px > max(frame_width_px, frame_height_px) / 2:
+        return letterbox_box(frame_height_px, frame_width_px)
+    return CropBox(
+        ymin=(center_y_px - half_px) / frame_height_px,
+        xmin=(center_x_px - half_px) / frame_width_px,
+        ymax=(center_y_px + half_px) / frame_height_px,
+        xmax=(center_x_px + half_px) / frame_width_px,
+    )
+
+
 def second_pass_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, frame_width_px: int) -> CropBox | None:
     """The crop to run this frame again on, or None when the one it was run on was good enough.
 
@@ -278,6 +328,22 @@ def second_pass_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, 
         ):
             return target
     return None
+
+
+def acquisition_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, frame_width_px: int) -> CropBox | None:
+    """The last resort of a frame run on a wide crop while nobody is tracked: a crop from its
+    confident keypoints alone (`_confident_crop_target`), or None.
+
+    For when `second_pass_box` found nothing to anchor on (no confident hip, or a misplaced
+    unconfident hip that makes upstream's crop span the frame) and no track has started since the
+    frame was prepared. Only then: when upstream's crop or a track exists they are the better
+    anchor (a single confident hip can itself be misplaced).
+    """
+    _check_keypoints(keypoints)
+    target = _confident_crop_target(keypoints.tolist(), frame_height_px, frame_width_px)
+    if target is None or (target.xmax - target.xmin) * frame_width_px >= max(frame_height_px, frame_width_px) - 1:
+        return None
+    return target if box_side_ratio(used, target) > SECOND_PASS_WIDE_RATIO else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from edgepose.crop import (
+    SECOND_PASS_MIN_KEYPOINTS,
     STABLE_AFTER_FRAMES,
     STABLE_RATIOS,
     CropRegionTracker,
+    acquisition_box,
     determine_crop_region,
     low_pass_box,
     refine_crops,
@@ -330,6 +332,59 @@ def test_second_pass_when_the_crop_was_the_letterbox_or_the_person_reached_its_e
     assert second_pass_box(hand, target, H_PX, W_PX) is None
     # No torso, no anchor for a crop: no second pass.
     assert second_pass_box(keypoints_px(TORSO_PX, score=0.1), letterbox_box(H_PX, W_PX), H_PX, W_PX) is None
+
+
+def test_acquisition_crop_ignores_unconfident_torso_joints() -> None:
+    """A small person seen in the letterbox: head, shoulders, knees and ankles confident, both hips
+    at 0.05 and placed far away. Upstream's crop needs a confident hip (and counts torso joints
+    whatever their score), so `second_pass_box` has nothing; while nobody is tracked the stage
+    then asks `acquisition_box`, which anchors on the confident keypoints."""
+    body = {
+        "nose": (300, 500),
+        "left_shoulder": (320, 510),
+        "right_shoulder": (320, 490),
+        "left_elbow": (340, 512),
+        "right_elbow": (340, 488),
+        "left_knee": (380, 506),
+        "right_knee": (380, 494),
+        "left_ankle": (410, 506),
+        "right_ankle": (410, 494),
+    }
+    kps = keypoints_px(body)  # every keypoint not named sits at (0, 0) with score 0
+    for hip in ("left_hip", "right_hip"):
+        kps[KEYPOINT_INDEX[hip]] = (100 / H_PX, 60 / W_PX, 0.05)
+    letterbox = letterbox_box(H_PX, W_PX)
+    assert determine_crop_region(kps, H_PX, W_PX) == letterbox  # upstream: no torso, no crop
+    assert second_pass_box(kps, letterbox, H_PX, W_PX) is None
+    box = acquisition_box(kps, letterbox, H_PX, W_PX)
+    assert box is not None
+    # Centred on the confident keypoints' box (y 300-410, x 488-512): (355, 500). Reach: the
+    # shoulders 35 px x 1.9 (torso) beat the nose and ankles 55 px x 1.2 (body).
+    half_px = max(35 * 1.9, 55 * 1.2)
+    assert_box(box, box_px(355 - half_px, 500 - half_px, 355 + half_px, 500 + half_px))
+    # One hip confident, the other misplaced: centre on the confident one, not halfway to the other.
+    kps[KEYPOINT_INDEX["left_hip"]] = (360 / H_PX, 504 / W_PX, 0.6)
+    assert determine_crop_region(kps, H_PX, W_PX) == letterbox  # upstream reaches for the far hip
+    assert second_pass_box(kps, letterbox, H_PX, W_PX) is None
+    box = acquisition_box(kps, letterbox, H_PX, W_PX)
+    assert box is not None
+    half_px = max(40 * 1.9, 60 * 1.2)  # shoulders 40 px above the hip (torso), nose 60 px (body)
+    assert_box(box, box_px(360 - half_px, 504 - half_px, 360 + half_px, 504 + half_px))
+    # A shoulder and fewer than SECOND_PASS_MIN_KEYPOINTS confident keypoints: not enough to go on.
+    few = np.zeros_like(kps)
+    few[:, :2] = kps[:, :2]
+    for name in ("nose", "left_shoulder", "right_shoulder", "left_knee", "left_ankle"):
+        few[KEYPOINT_INDEX[name], 2] = 0.9
+    assert SECOND_PASS_MIN_KEYPOINTS == 6
+    assert acquisition_box(few, letterbox, H_PX, W_PX) is None
+    few[KEYPOINT_INDEX["right_ankle"], 2] = 0.9
+    assert acquisition_box(few, letterbox, H_PX, W_PX) is not None
+    # Only from a crop much wider than the one the keypoints call for (here: that crop itself).
+    assert acquisition_box(kps, box, H_PX, W_PX) is None
+    # With all four torso joints confident it is upstream's crop.
+    assert acquisition_box(keypoints_px(TORSO_PX), letterbox, H_PX, W_PX) == determine_crop_region(
+        keypoints_px(TORSO_PX), H_PX, W_PX
+    )
 
 
 def test_wide_shoulders_set_the_crop_through_the_torso_width() -> None:

@@ -21,6 +21,7 @@ from edgepose.crop import (
     SECOND_PASS_WIDE_RATIO,
     STABLE_RATIOS,
     CropRegionTracker,
+    acquisition_box,
     box_side_ratio,
     mean_keypoint_score,
     refine_crops,
@@ -335,6 +336,10 @@ class SinglePoseStage(_StageBase):
             tracked = self._crop.newest_box(frame)
             if tracked is not None and box_side_ratio(prepared.box, tracked) > SECOND_PASS_WIDE_RATIO:
                 box = tracked
+            elif tracked is None or tracked == letterbox_box(frame.height_px, frame.width_px):
+                # Nobody tracked: a small person's letterbox pass can have confident head,
+                # shoulders and legs but misplaced hips; anchor on the confident keypoints.
+                box = acquisition_box(first, prepared.box, frame.height_px, frame.width_px)
         if box is None:
             return outputs
         if self._scratch is None:
