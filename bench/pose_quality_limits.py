@@ -199,15 +199,7 @@ def box_centred_target(body_ratio: float) -> Callable[..., CropBox | None]:
         for index in (5, 6, 11, 12):
             half = max(half, abs(centre_y - rows[index][0] * height_px) * ratios.torso)
             half = max(half, abs(centre_x - rows[index][1] * width_px) * ratios.torso)
-        half = min(half, max(centre_x, width_px - centre_x, centre_y, height_px - centre_y))
-        if half > max(width_px, height_px) / 2:
-            return letterbox_box(height_px, width_px)
-        return CropBox(
-            ymin=(centre_y - half) / height_px,
-            xmin=(centre_x - half) / width_px,
-            ymax=(centre_y + half) / height_px,
-            xmax=(centre_x + half) / width_px,
-        )
+        return crop_module._square_box(centre_y, centre_x, half, height_px, width_px)
 
     return target
 

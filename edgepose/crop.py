@@ -152,6 +152,13 @@ def _crop_target(
         body_y_px * ratios.body,
         body_x_px * ratios.body,
     )
+    return _square_box(center_y_px, center_x_px, half_px, frame_height_px, frame_width_px)
+
+
+def _square_box(
+    center_y_px: float, center_x_px: float, half_px: float, frame_height_px: int, frame_width_px: int
+) -> CropBox:
+    """The pixel-square box of half side `half_px` around a centre; the letterbox when larger than it."""
     # No point reaching further past the centre than the farthest frame edge.
     half_px = min(
         half_px,
@@ -291,15 +298,7 @@ def _confident_crop_target(rows: Rows, frame_height_px: int, frame_width_px: int
         if i in _TORSO_SET:
             torso_px = max(torso_px, reach_px)
     half_px = max(torso_px * UPSTREAM_RATIOS.torso, body_px * UPSTREAM_RATIOS.body)
-    half_px = min(half_px, max(center_x_px, frame_width_px - center_x_px, center_y_px, frame_height_px - center_y_px))
-    if half_px > max(frame_width_px, frame_height_px) / 2:
-        return letterbox_box(frame_height_px, frame_width_px)
-    return CropBox(
-        ymin=(center_y_px - half_px) / frame_height_px,
-        xmin=(center_x_px - half_px) / frame_width_px,
-        ymax=(center_y_px + half_px) / frame_height_px,
-        xmax=(center_x_px + half_px) / frame_width_px,
-    )
+    return _square_box(center_y_px, center_x_px, half_px, frame_height_px, frame_width_px)
 
 
 def second_pass_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, frame_width_px: int) -> CropBox | None:
