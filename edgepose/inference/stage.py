@@ -262,10 +262,10 @@ class SharedCrop:
     def update(self, keypoints: np.ndarray, frame: Frame) -> None:
         """Follow the person from a finished frame's keypoints (frames in order, one thread)."""
         with self._changed:
-            self.tracker.next_box(keypoints, frame.height_px, frame.width_px)
-            box = self.tracker.box_for_frame(frame.height_px, frame.width_px)
-            self._boxes_after.append((frame.index, (frame.height_px, frame.width_px), box))
-            self._changed.notify_all()
+            box = self.tracker.next_box(keypoints, frame.height_px, frame.width_px)
+            if frame.media_time_s is not None:  # only a recording's frames ask for an earlier frame's box
+                self._boxes_after.append((frame.index, (frame.height_px, frame.width_px), box))
+                self._changed.notify_all()
 
     def _wait_for_box_after(self, index: int, frame: Frame) -> CropBox | None:
         size = (frame.height_px, frame.width_px)
