@@ -4,7 +4,6 @@ that comes back to its persistent session is not handed a backlog of stale frame
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 from pathlib import Path
@@ -17,25 +16,16 @@ from paho.mqtt.properties import Properties
 
 from edgepose.config import load_config
 from edgepose.health import PipelineStats
-from edgepose.pipeline import END_OF_STREAM, EndOfStream, Invoked, PublishLoop
-from edgepose.sources.synthetic import SyntheticSource
+from edgepose.pipeline import PublishLoop
 from tests.conftest import Broker, run_edgepose
-from tests.test_pipeline import MemoryPublisher, stage  # noqa: F401 - stage: the real Lightning stage
+from tests.test_pipeline import MemoryPublisher, invoked_queue, stage, synthetic_frames  # noqa: F401 - stage: the real Lightning stage
 
 
 def test_publish_loop_hands_the_expiry_to_the_publisher(stage: Any) -> None:  # noqa: F811
     for expiry_s in (None, 2.0):
         publisher = MemoryPublisher()
-        invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
+        invoked = invoked_queue(stage, synthetic_frames(3))
         loop = PublishLoop(invoked, stage, publisher, "t/keypoints", 1, "dev", PipelineStats(), expiry_s=expiry_s)
-        source = SyntheticSource(64, 48, fps=None)
-        source.open()
-        for _ in range(3):
-            frame = source.read()
-            assert frame is not None
-            prepared = stage.prepare(frame, stage.new_input())
-            invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
-        invoked.put(END_OF_STREAM)
         loop.run(threading.Event())
         assert publisher.expiries == [expiry_s] * 3
 

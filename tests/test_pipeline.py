@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,27 @@ def stage(lightning_path: Path) -> PoseStage:
     return build_stage(backend, "movenet_lightning_int8", Config().model, "video")
 
 
+def invoked_queue(stage: PoseStage, frames: Iterable[Frame]) -> queue.Queue[Invoked | EndOfStream]:
+    """What the invoke loop hands the publish loop for `frames` (the real stage's outputs), then the end."""
+    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
+    for frame in frames:
+        prepared = stage.prepare(frame, stage.new_input())
+        invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
+    invoked.put(END_OF_STREAM)
+    return invoked
+
+
+def synthetic_frames(count: int) -> list[Frame]:
+    source = SyntheticSource(64, 48, fps=None)
+    source.open()
+    frames = []
+    for _ in range(count):
+        frame = source.read()
+        assert frame is not None
+        frames.append(frame)
+    return frames
+
+
 class TimedStage:
     """The real stage, noting when each frame finished preparing and when its invoke started and ended."""
 
@@ -196,16 +217,8 @@ def test_threads_together_publish_every_frame_in_order(stage: PoseStage) -> None
 def test_publish_loop_counts_refused_messages_and_gaps_show_in_seq(stage: PoseStage) -> None:
     stats = PipelineStats()
     publisher = MemoryPublisher(refuse_calls=frozenset({2, 3}))
-    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
+    invoked = invoked_queue(stage, synthetic_frames(6))
     publish = PublishLoop(invoked, stage, publisher, "t/keypoints", 0, "dev", stats)
-    source = SyntheticSource(64, 48, fps=None)
-    source.open()
-    for _ in range(6):
-        frame = source.read()
-        assert frame is not None
-        prepared = stage.prepare(frame, stage.new_input())
-        invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
-    invoked.put(END_OF_STREAM)
     publish.run(threading.Event())
     seqs = [json.loads(payload)["seq"] for _, payload, _, _ in publisher.messages]
     assert seqs == [0, 1, 4, 5]
@@ -215,14 +228,10 @@ def test_publish_loop_counts_refused_messages_and_gaps_show_in_seq(stage: PoseSt
 def test_max_fps_throttles_and_counts(stage: PoseStage) -> None:
     stats = PipelineStats()
     publisher = MemoryPublisher()
-    invoked: queue.Queue[Invoked | EndOfStream] = queue.Queue()
-    publish = PublishLoop(invoked, stage, publisher, "t", 0, "dev", stats, max_publish_fps=10)
     base = time.monotonic()
-    for index in range(10):  # 10 frames 20 ms apart = 0.2 s: two fit at 10 fps
-        frame = Frame(np.zeros((48, 64, 3), np.uint8), time.time(), base + index * 0.02, index)
-        prepared = stage.prepare(frame, stage.new_input())
-        invoked.put(Invoked(prepared, stage.invoke(prepared), 1.0))
-    invoked.put(END_OF_STREAM)
+    # 10 frames 20 ms apart = 0.2 s: two fit at 10 fps
+    frames = [Frame(np.zeros((48, 64, 3), np.uint8), time.time(), base + index * 0.02, index) for index in range(10)]
+    publish = PublishLoop(invoked_queue(stage, frames), stage, publisher, "t", 0, "dev", stats, max_publish_fps=10)
     publish.run(threading.Event())
     assert len(publisher.messages) == 2
     assert stats.counters.frames_dropped_throttle == 8
