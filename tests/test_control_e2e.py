@@ -413,21 +413,18 @@ def test_fuzzed_commands_do_not_hurt_the_daemon(
         assert replies and all(r["ok"] is False for r in replies)
         assert any(r["error"].startswith("rate limited:") for r in replies)
         # Still answering, and still obeying, after the flood: a controller told "rate limited"
-        # tries again a second later, as the reply invites; the bucket refills. The daemon may
-        # still be reading the flood's backlog from the broker (49 MB; every message takes a token),
-        # and full suites on a loaded 2-core machine missed a 10 s bound: the property is that it obeys once
-        # the backlog is read, so the controller keeps trying for up to a minute.
+        # tries again a second later, as the reply invites; the bucket refills.
         count = len(replies)
         controller = Sender(broker)
         obeyed = False
-        for _ in range(60):
+        for _ in range(10):
             controller.send("edgepose/fuzz/set", b'{"publish": {"max_fps": 5}}')
             time.sleep(1.0)
             if {"ok": True} in [json.loads(p) for p in replies_collector.on("fuzz/set/result")[count:]]:
                 obeyed = True
                 break
         controller.close()
-        assert obeyed, "no {'ok': true} for a valid command within 60 s after the flood"
+        assert obeyed, "no {'ok': true} for a valid command within 10 s after the flood"
         rss_after = _rss_mb(process.pid)
     finally:
         stderr = _stop(process)
