@@ -39,6 +39,16 @@ from edgepose.presence import Event, PresenceTracker, PresenceUpdate
 log = logging.getLogger(__name__)
 
 QOS_CONTROL = 1  # presence, events, state, replies, snapshots and discovery: each message matters
+# Commands and Home Assistant's birth are received at QoS 0 (a QoS 1 publish is delivered to us as
+# QoS 0). A QoS 1 delivery holds one of our client's in-flight slots at the broker (Receive Maximum:
+# mosquitto's max_inflight_messages, 20) until we acknowledge it. Debian 12's mosquitto 2.0.11 (its
+# CVE-2023-28366 fix; upstream since 2.0.16, 2.1.2 too) silently drops any packet for a client whose
+# outgoing queue holds max_queued_messages (1000) packets, a QoS 1 delivery it has counted in flight
+# included: that slot is never freed. A flood on `set` faster than we read loses dozens; after 20,
+# the broker sent us no QoS 1 message until we reconnected (docs/reliability.md). QoS 0 has no slots:
+# a flood drops what we cannot read, and the next command arrives. The reply on `set/result` says
+# whether a command was applied; one sent while we are offline is not kept for us.
+QOS_SUBSCRIPTIONS = 0
 SNAPSHOT_JPEG_QUALITY = 85
 HA_REPUBLISH_MIN_INTERVAL_S = 2.0  # Home Assistant's birth message is rare; a flood of them is not
 REFUSAL_LOG_INTERVAL_S = 10.0
@@ -217,7 +227,7 @@ class CommandHandler:
         self._refusals_unlogged = 0
 
     def start(self) -> None:
-        self._bus.subscribe(self._topics.set, QOS_CONTROL, self.on_message)
+        self._bus.subscribe(self._topics.set, QOS_SUBSCRIPTIONS, self.on_message)
 
     def publish_current(self) -> None:
         with self._lock:
@@ -317,7 +327,7 @@ class Discovery:
 
     def start(self) -> None:
         if self._enabled:
-            self._bus.subscribe(status_topic(self._prefix), QOS_CONTROL, self.on_home_assistant_status)
+            self._bus.subscribe(status_topic(self._prefix), QOS_SUBSCRIPTIONS, self.on_home_assistant_status)
 
     def stop(self) -> None:
         self._bus.unsubscribe(status_topic(self._prefix), self.on_home_assistant_status)

@@ -31,6 +31,7 @@ class Stats:
 class Bus:
     published: list[tuple[str, bytes, bool]] = field(default_factory=list)
     subscriptions: dict[str, Callable[[str, bytes], None]] = field(default_factory=dict)
+    subscribed_qos: dict[str, int] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
@@ -43,6 +44,7 @@ class Bus:
 
     def subscribe(self, topic: str, qos: int, on_message: Callable[[str, bytes], None]) -> None:
         self.subscriptions[topic] = on_message
+        self.subscribed_qos[topic] = qos
 
     def unsubscribe(self, topic: str, on_message: Callable[[str, bytes], None]) -> None:
         if self.subscriptions.get(topic) == on_message:
@@ -205,6 +207,14 @@ def test_commands_disabled_subscribes_to_nothing() -> None:
     with build_control(config, bus, Target(), DeviceInfo("pi", "m", "1", None, 30.0)) as control:
         assert control.commands is None
     assert bus.subscriptions == {}
+
+
+def test_commands_and_home_assistant_status_are_received_at_qos_0() -> None:
+    """A QoS 1 delivery the broker drops keeps one of our in-flight slots at the broker for good
+    (mosquitto 2.0.11 during a flood; tests/test_command_flood.py): subscriptions hold none."""
+    bus = Bus()
+    with build_control(Config(device_id="pi"), bus, Target(), DeviceInfo("pi", "m", "1", None, 30.0)):
+        assert bus.subscribed_qos == {TOPICS.set: 0, "homeassistant/status": 0}
 
 
 def test_a_replacement_keeps_the_subscriptions_the_old_part_leaves() -> None:

@@ -51,6 +51,7 @@ class NetworkLoop:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False  # disconnect() was asked for: end once the socket is closed
+        self._reconnect = threading.Event()  # reconnect() was asked for: the loop's thread does it
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -64,6 +65,12 @@ class NetworkLoop:
         """Send DISCONNECT (if connected) and end the loop once the socket is closed."""
         self._closing = True
         self._client.disconnect()
+        self._wake()
+
+    def reconnect(self) -> None:
+        """Close the connection with a DISCONNECT (an MQTT 5 broker keeps the session and sends no
+        Will) and connect again at once; paho then sends again what the broker did not acknowledge."""
+        self._reconnect.set()
         self._wake()
 
     def stop(self, timeout_s: float | None = None) -> None:
@@ -117,6 +124,7 @@ class NetworkLoop:
 
     def _connect(self) -> None:
         client = self._client
+        self._reconnect.clear()  # a new connection is what a reconnect() asked for
         with self._lock:
             try:
                 client.reconnect()  # calls on_pre_connect first, which waits the back-off
@@ -147,6 +155,13 @@ class NetworkLoop:
             return
         if self._wake_r.fileno() in events:
             self._drain_wake()
+        if self._reconnect.is_set():
+            self._reconnect.clear()
+            with self._lock:
+                client.disconnect()  # paho closes the socket once the DISCONNECT is written
+                if client.want_write():
+                    client.loop_write()
+            return  # _run connects again as soon as the socket is closed
         readable = events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLERR | select.POLLHUP)
         with self._lock:
             if readable or pending:

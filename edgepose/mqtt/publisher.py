@@ -56,6 +56,15 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 2.0
 # An MQTT 5 CONNECT that gets no CONNACK within this is taken as "this broker does not speak 5".
 CONNACK_TIMEOUT_S = 3.0
+# QoS >= 1 messages in flight with no acknowledgement for this long, on a connection that is up,
+# were lost by the broker: we reconnect and paho sends them again. mosquitto 2.0.11 as Debian 12
+# ships it (and upstream since 2.0.16) silently drops every packet for a client whose outgoing
+# queue is full (max_queued_messages), PUBACKs included, e.g. while a flood of commands arrives
+# faster than we read; paho never sends a message again on the same connection, and after 20 lost
+# acknowledgements (the broker's Receive Maximum) it sends no QoS 1 message at all. A broker that
+# works acknowledges within milliseconds: 5 s is far beyond that, and short enough that a controller
+# retrying a command once a second gets its reply a few seconds after a flood.
+ACK_TIMEOUT_S = 5.0
 # Reason codes compared by value (paho's ReasonCode compares with names or ints).
 RC_SESSION_TAKEN_OVER = 0x8E
 RC_UNSUPPORTED_PROTOCOL_VERSION = 0x84
@@ -82,6 +91,7 @@ class _Pending:
     qos: int
     info: mqtt.MQTTMessageInfo
     on_delivery: DeliveryCallback | None
+    handed_monotonic_s: float  # when publish() handed it to paho (QoS >= 1 only; 0 for QoS 0)
 
 
 class PackedOnce(Properties):
@@ -127,6 +137,9 @@ class MqttPublisher:
         self._dropped_at_monotonic_s: float | None = None  # a working connection closed by the broker
         self._bounces: deque[float] = deque(maxlen=BOUNCES_FOR_TAKEOVER)
         self._status_sent_monotonic_s: float | None = None
+        self._connected_monotonic_s = 0.0
+        self._acknowledged_monotonic_s = 0.0  # the last PUBACK (or PUBCOMP) for a message of ours
+        self._reconnecting = False  # we closed the connection on purpose (lost acknowledgements)
         self._properties_by_expiry_s: dict[int, Properties] = {}
         self._loop: NetworkLoop | None = None  # serves self._client once started
         self._retired: list[tuple[mqtt.Client, NetworkLoop]] = []  # clients left behind by the 3.1.1 fallback
@@ -295,7 +308,7 @@ class MqttPublisher:
         with self._lock:
             early = self._early.pop(info.mid, None)
             if early is None:
-                self._pending[info.mid] = _Pending(qos, info, on_delivery)
+                self._pending[info.mid] = _Pending(qos, info, on_delivery, time.monotonic() if qos else 0.0)
                 return True
         self._finish(early, on_delivery)
         return True
@@ -319,10 +332,11 @@ class MqttPublisher:
 
     def tick(self) -> None:
         """Timed duties, for the daemon's supervisor to call often (cheap): re-send the retained
-        `online` before its MQTT 5 expiry runs out, and give up on MQTT 5 with a broker that
-        accepted the connection but never answered the CONNECT (some 3.1.1-only brokers, e.g.
-        amqtt, neither refuse nor close)."""
+        `online` before its MQTT 5 expiry runs out, reconnect when the broker lost acknowledgements
+        (ACK_TIMEOUT_S), and give up on MQTT 5 with a broker that accepted the connection but never
+        answered the CONNECT (some 3.1.1-only brokers, e.g. amqtt, neither refuse nor close)."""
         now = time.monotonic()
+        self._check_acknowledgements(now)
         sent = self._status_sent_monotonic_s
         if self.v5 and self.stats.connected and sent is not None and now - sent >= self.config.status_expiry_s / 3:
             self._publish_online()
@@ -331,6 +345,29 @@ class MqttPublisher:
         if self.v5 and waiting and started is not None and now - started > CONNACK_TIMEOUT_S:
             self._failed(f"no answer from {self.address} to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:g}s")
             self._fall_back_to_311(self._client)
+
+    def _check_acknowledgements(self, now: float) -> None:
+        loop = self._loop
+        if not self.stats.connected or loop is None:
+            return
+        with self._lock:
+            handed = [entry.handed_monotonic_s for entry in self._pending.values() if entry.qos > 0]
+        if not handed:
+            return
+        # Nothing acknowledged for ACK_TIMEOUT_S, while the oldest message has waited at least that
+        # long on this connection (paho sends at most 20 at a time: the others wait their turn).
+        progress_s = max(min(handed), self._acknowledged_monotonic_s, self._connected_monotonic_s)
+        if now - progress_s < ACK_TIMEOUT_S:
+            return
+        self._record(
+            f"{self.address} acknowledged none of our {len(handed)} QoS 1 messages for {now - progress_s:.0f}s on a "
+            "working connection (a broker that drops packets for a client it cannot send to fast enough, e.g. "
+            "mosquitto 2.0 during a flood): reconnecting to send them again",
+            logging.WARNING,
+        )
+        self._reconnecting = True
+        self._connected_monotonic_s = now  # once per connection: the next check waits for the new one
+        loop.reconnect()
 
     def _publish_online(self) -> None:
         self._status_sent_monotonic_s = time.monotonic()
@@ -395,6 +432,8 @@ class MqttPublisher:
             if entry is None:
                 self._early[mid] = delivered
                 return
+            if entry.qos > 0:
+                self._acknowledged_monotonic_s = time.monotonic()
         self._finish(delivered, entry.on_delivery)
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
@@ -437,6 +476,7 @@ class MqttPublisher:
             self._failed(f"refused by the broker: {reason_code} (reason code {reason_code.value})")
             return
         self._backoff.reset()
+        self._connected_monotonic_s = time.monotonic()
         self.stats.connected = True
         self.stats.connects += 1
         bounced = self._dropped_at_monotonic_s is not None and self._failures_since_connect == 0
@@ -505,6 +545,9 @@ class MqttPublisher:
         if not was_connected:
             return  # a refused CONNACK: already reported
         self.stats.disconnects += 1
+        if self._reconnecting:
+            self._reconnecting = False
+            return  # ours, already reported: not the broker dropping us (see _bounced)
         if reason_code.value == RC_SESSION_TAKEN_OVER:
             self._taken_over("MQTT 5 reason code 0x8E")
             return
