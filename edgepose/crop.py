@@ -301,6 +301,11 @@ def _confident_crop_target(rows: Rows, frame_height_px: int, frame_width_px: int
     return _square_box(center_y_px, center_x_px, half_px, frame_height_px, frame_width_px)
 
 
+def _spans_frame(box: CropBox, frame_height_px: int, frame_width_px: int) -> bool:
+    """Whether a square crop is as wide as the frame's longer side (to a pixel): the letterbox."""
+    return (box.xmax - box.xmin) * frame_width_px >= max(frame_height_px, frame_width_px) - 1
+
+
 def second_pass_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, frame_width_px: int) -> CropBox | None:
     """The crop to run this frame again on, or None when the one it was run on was good enough.
 
@@ -315,7 +320,7 @@ def second_pass_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, 
     target = _crop_target(rows, frame_height_px, frame_width_px)
     if target is None:
         return None  # no torso: nothing to anchor a crop on
-    if (target.xmax - target.xmin) * frame_width_px >= max(frame_height_px, frame_width_px) - 1:
+    if _spans_frame(target, frame_height_px, frame_width_px):
         return None  # the body fills the frame: the letterbox is the right crop
     if box_side_ratio(used, target) > SECOND_PASS_WIDE_RATIO:
         return target
@@ -340,7 +345,7 @@ def acquisition_box(keypoints: np.ndarray, used: CropBox, frame_height_px: int, 
     """
     _check_keypoints(keypoints)
     target = _confident_crop_target(keypoints.tolist(), frame_height_px, frame_width_px)
-    if target is None or (target.xmax - target.xmin) * frame_width_px >= max(frame_height_px, frame_width_px) - 1:
+    if target is None or _spans_frame(target, frame_height_px, frame_width_px):
         return None
     return target if box_side_ratio(used, target) > SECOND_PASS_WIDE_RATIO else None
 
