@@ -85,6 +85,7 @@ def main() -> None:
         deadline_s = time.monotonic() + 5
         while not publisher.stats.connected and time.monotonic() < deadline_s:
             time.sleep(0.01)
+        assert publisher.stats.connected, "no connection to the private broker"  # else publish measures nothing
         topic = publisher.topics.keypoints
         seq = 0
 
